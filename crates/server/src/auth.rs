@@ -1,0 +1,202 @@
+//! Secrets the gateway issues (operator token, tenant API keys, enrollment tokens, device
+//! tokens) and the axum extractors that authenticate callers with them.
+//!
+//! Secrets are 256-bit random values shown once; only their SHA-256 digest is stored, so a
+//! copy of the database does not let anyone act as a tenant or device. A prefix names the kind
+//! of secret so a key pasted in the wrong place fails clearly. This module must never log a
+//! secret or compare secrets in variable time.
+
+use aws_lc_rs::{digest, rand::SecureRandom};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use sealgate_proto::ErrorCode;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The kinds of secret the gateway issues, by prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    Operator,
+    ApiKey,
+    Enrollment,
+    Device,
+}
+
+impl SecretKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            SecretKind::Operator => "sgop_",
+            SecretKind::ApiKey => "sgk_",
+            SecretKind::Enrollment => "sge_",
+            SecretKind::Device => "sgd_",
+        }
+    }
+}
+
+/// 128 random bits as lowercase hex: ids for tenants, devices, messages.
+pub fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    fill_random(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// A fresh secret of `kind`: prefix + 256 random bits as hex.
+pub fn new_secret(kind: SecretKind) -> String {
+    let mut bytes = [0u8; 32];
+    fill_random(&mut bytes);
+    format!("{}{}", kind.prefix(), hex::encode(bytes))
+}
+
+fn fill_random(buf: &mut [u8]) {
+    // The system RNG failing leaves no safe way to go on.
+    #[allow(clippy::expect_used)]
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(buf)
+        .expect("system random number generator failed");
+}
+
+/// The stored form of a secret: hex SHA-256. Lookups are by this digest, so timing reveals
+/// nothing about the secret itself.
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn unauthenticated(detail: &str) -> ApiError {
+    ApiError::new(ErrorCode::Unauthenticated, detail)
+}
+
+/// A caller that presented the operator token.
+#[derive(Debug, Clone)]
+pub struct OperatorAuth;
+
+/// A caller that presented a tenant API key.
+#[derive(Debug, Clone)]
+pub struct TenantAuth {
+    pub tenant_id: String,
+}
+
+/// A caller that presented a device token of an active (not revoked) device.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// Either a tenant API key or a device token: routes that a tenant backend and its devices
+/// may both call. `tenant_id` is the scope of everything the caller may see.
+#[derive(Debug, Clone)]
+pub enum TenantOrDevice {
+    Tenant(TenantAuth),
+    Device(DeviceAuth),
+}
+
+impl TenantOrDevice {
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            TenantOrDevice::Tenant(t) => &t.tenant_id,
+            TenantOrDevice::Device(d) => &d.tenant_id,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for OperatorAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| unauthenticated("operator token required"))?;
+        if !token.starts_with(SecretKind::Operator.prefix()) {
+            return Err(unauthenticated("operator token required"));
+        }
+        let presented = secret_hash(token);
+        // Both sides are digests, so a plain comparison leaks nothing useful.
+        if presented == state.operator_token_hash() {
+            Ok(OperatorAuth)
+        } else {
+            Err(unauthenticated("unknown operator token"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for TenantAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| unauthenticated("tenant API key required"))?;
+        if !token.starts_with(SecretKind::ApiKey.prefix()) {
+            return Err(unauthenticated("tenant API key required"));
+        }
+        match state
+            .store()
+            .tenant_by_api_key_hash(&secret_hash(token))
+            .await?
+        {
+            Some(tenant_id) => Ok(TenantAuth { tenant_id }),
+            None => Err(unauthenticated("unknown API key")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| unauthenticated("device token required"))?;
+        if !token.starts_with(SecretKind::Device.prefix()) {
+            return Err(unauthenticated("device token required"));
+        }
+        match state
+            .store()
+            .device_by_token_hash(&secret_hash(token))
+            .await?
+        {
+            Some(d) => Ok(d),
+            None => Err(unauthenticated("unknown or revoked device")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for TenantOrDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            Some(t) if t.starts_with(SecretKind::Device.prefix()) => {
+                DeviceAuth::from_request_parts(parts, state)
+                    .await
+                    .map(TenantOrDevice::Device)
+            }
+            Some(_) => TenantAuth::from_request_parts(parts, state)
+                .await
+                .map(TenantOrDevice::Tenant),
+            None => Err(unauthenticated("API key or device token required")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_prefixed_unique_and_hash_stably() {
+        let a = new_secret(SecretKind::Device);
+        let b = new_secret(SecretKind::Device);
+        assert!(a.starts_with("sgd_") && a.len() == 4 + 64);
+        assert_ne!(a, b);
+        assert_eq!(secret_hash(&a), secret_hash(&a));
+        assert_ne!(secret_hash(&a), secret_hash(&b));
+        assert_ne!(secret_hash(&a), a);
+    }
+}

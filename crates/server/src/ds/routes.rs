@@ -1,0 +1,9 @@
+//! HTTP routes of the delivery service.
+
+use axum::Router;
+
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+}

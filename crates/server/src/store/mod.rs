@@ -1,0 +1,49 @@
+//! The metadata store behind the gateway: narrow async traits, one per area, and the
+//! embedded SQLite implementation.
+//!
+//! Contract for every method: `Ok(None)` / `Ok(false)` = absent or lost a race, `Err` = the
+//! store failed (and nothing was half-written: each method is one transaction). Nothing above
+//! these traits knows which backend runs. The store must never hold plaintext of E2EE traffic
+//! or secrets in clear: tokens are stored as digests, messages as opaque MLS bytes.
+
+pub mod sqlite;
+
+pub use crate::directory::store::DirectoryStore;
+pub use crate::ds::store::DsStore;
+
+/// Every capability a backend provides. Implemented automatically for any type with all the
+/// area traits.
+pub trait Store: DirectoryStore + DsStore + Send + Sync + 'static {}
+
+impl<T: DirectoryStore + DsStore + Send + Sync + 'static> Store for T {}
+
+/// Failure of the store itself (I/O, database, corruption). Always the server's fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        crate::error::ApiError::internal(e)
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> i64 {
+    now_millis() / 1000
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
