@@ -1,4 +1,7 @@
--- Tenants, API keys, users, enrollment tokens, devices, KeyPackages.
+-- Key directory and tenant administration: tenants, API keys, users, enrollment tokens,
+-- devices, KeyPackages. Secrets (API keys, enrollment and device tokens) are stored as
+-- hex SHA-256 digests only. Times are Unix seconds.
+
 CREATE TABLE tenants (
     tenant_id   TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -11,14 +14,51 @@ CREATE TABLE api_keys (
     created_at  INTEGER NOT NULL
 );
 
+CREATE TABLE users (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(tenant_id),
+    user_id     TEXT NOT NULL,
+    phone       TEXT,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+CREATE INDEX users_by_phone ON users(tenant_id, phone);
+
+CREATE TABLE enrollments (
+    token_hash  TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    phone       TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER,
+    FOREIGN KEY (tenant_id, user_id) REFERENCES users(tenant_id, user_id)
+);
+
 CREATE TABLE devices (
     device_id     TEXT PRIMARY KEY,
-    tenant_id     TEXT NOT NULL REFERENCES tenants(tenant_id),
+    tenant_id     TEXT NOT NULL,
     user_id       TEXT NOT NULL,
     token_hash    TEXT NOT NULL UNIQUE,
     signature_key BLOB NOT NULL,
     name          TEXT,
     created_at    INTEGER NOT NULL,
-    revoked_at    INTEGER
+    revoked_at    INTEGER,
+    FOREIGN KEY (tenant_id, user_id) REFERENCES users(tenant_id, user_id)
 );
 CREATE INDEX devices_by_user ON devices(tenant_id, user_id);
+
+-- One row per published KeyPackage. `id` orders one-time KeyPackages oldest first; `kp_ref`
+-- (the RFC 9420 KeyPackageRef) refuses the same KeyPackage twice. At most one last-resort
+-- KeyPackage per device.
+CREATE TABLE key_packages (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id    TEXT NOT NULL REFERENCES devices(device_id),
+    tenant_id    TEXT NOT NULL,
+    kp_ref       BLOB NOT NULL UNIQUE,
+    data         BLOB NOT NULL,
+    last_resort  INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE UNIQUE INDEX key_packages_one_last_resort ON key_packages(device_id) WHERE last_resort = 1;

@@ -11,7 +11,9 @@ use sealgate_proto::{ErrorCode, Problem, problem::PROBLEM_JSON};
 /// An error answered to an HTTP client.
 #[derive(Debug)]
 pub struct ApiError {
-    pub problem: Problem,
+    /// Boxed: handlers return `Result<T, ApiError>` everywhere, and a small `Err` keeps
+    /// every `Result` small.
+    pub problem: Box<Problem>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -20,7 +22,7 @@ impl ApiError {
     /// A caller or peer error with a human detail.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
-            problem: Problem::new(code, Some(detail.into())),
+            problem: Box::new(Problem::new(code, Some(detail.into()))),
         }
     }
 
@@ -42,7 +44,7 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self {
-            problem: Problem::new(ErrorCode::Internal, None),
+            problem: Box::new(Problem::new(ErrorCode::Internal, None)),
         }
     }
 
@@ -50,6 +52,14 @@ impl ApiError {
         self.problem.error_code()
     }
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.problem.fmt(f)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
@@ -65,10 +75,10 @@ impl IntoResponse for ApiError {
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(secs) = self.problem.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = self.problem.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use api::openapi::openapi;
 pub use config::{Config, ConfigError};
 pub use error::{ApiError, ApiResult};
 use sealgate_proto::api::{
@@ -43,7 +44,7 @@ pub enum ServerError {
     #[error("serving: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
-    Api(sealgate_proto::Problem),
+    Api(Box<sealgate_proto::Problem>),
 }
 
 impl From<ApiError> for ServerError {

@@ -6,6 +6,7 @@
 //! it must never store or log a private key or a secret in clear.
 
 pub mod admin;
+pub mod keypackage;
 pub mod limiter;
 pub mod routes;
 pub mod sqlite;
