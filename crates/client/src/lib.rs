@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod client;
+mod directory;
+pub mod error;
+pub mod event;
+mod groups;
+mod http;
+mod keystore;
+mod mls;
+pub mod payload;
+mod receive;
+mod state;
+mod storage;
+pub mod verify;
+
+pub use client::{
+    ClientOptions, ConversationInfo, DeviceSummary, KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW_WATER,
+    MAX_COMMIT_ATTEMPTS, SealClient, SendReceipt,
+};
+pub use error::{Error, Result};
+pub use event::{Event, MembershipChange, MembershipKind, ProblemEvent, ProblemKind, TextMessage};
+pub use keystore::Argon2Params;
+pub use payload::Payload;
+pub use verify::VerifyError;
