@@ -1,0 +1,8 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use sealgate_server::ds::engine;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = engine::precheck_commit(data, b"0123456789abcdef", 1);
+    let _ = engine::parse_welcome(data);
+});
