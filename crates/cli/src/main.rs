@@ -4,12 +4,15 @@
 //! stderr as one line (with the server's problem code when there is one) and a non-zero exit.
 //! It must never print or log message plaintext anywhere except the `recv` events on stdout.
 
+mod attach;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sealgate_client::{ClientOptions, SealClient};
+use sealgate_client::{ClientOptions, Content, Event, SealClient};
+use sealgate_proto::send::MessageClass;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -41,9 +44,12 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Send a text message to a user (1:1) or to a conversation.
+    /// Send a text message or a file to a user (1:1) or to a conversation; with `--class`, a
+    /// business message to a user or an E.164 number routed by the tenant's policy (E2EE,
+    /// else its fallback chain), printing the route taken.
     Send {
-        /// Recipient user (uses or creates the 1:1 conversation).
+        /// Recipient user (uses or creates the 1:1 conversation), or with `--class` an E.164
+        /// phone number (+15551234567).
         #[arg(
             long,
             conflicts_with = "conversation",
@@ -53,8 +59,35 @@ enum Command {
         /// Conversation id (hex).
         #[arg(long)]
         conversation: Option<String>,
-        /// The text to send.
-        text: String,
+        /// A file to send (encrypted, uploaded resumably); the text becomes its caption.
+        #[arg(long)]
+        attach: Option<PathBuf>,
+        /// File name shown to recipients (default: the file's own name).
+        #[arg(long, requires = "attach")]
+        name: Option<String>,
+        /// Media type (default: guessed from the extension).
+        #[arg(long, requires = "attach")]
+        media_type: Option<String>,
+        /// Message class (transactional, sensitive, marketing): send by the tenant's policy
+        /// with the tenant API key (`--api-key` or `SEAL_API_KEY`).
+        #[arg(long, requires = "to", conflicts_with_all = ["attach", "conversation"])]
+        class: Option<String>,
+        /// With `--class`: the text with sensitive fields removed, for `redacted_text` steps.
+        #[arg(long, requires = "class")]
+        redacted: Option<String>,
+        /// Tenant API key for `--class` sends and `queued`.
+        #[arg(long, env = "SEAL_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// The text to send (optional with --attach).
+        #[arg(required_unless_present = "attach")]
+        text: Option<String>,
+    },
+    /// Handle messages held until their recipient has an E2EE device (`queue_until_e2ee`):
+    /// send the ready ones, run the next step for the expired ones; one JSON line each.
+    Queued {
+        /// Tenant API key (`SEAL_API_KEY`).
+        #[arg(long, env = "SEAL_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Manage groups.
     Group {
@@ -66,6 +99,9 @@ enum Command {
         /// Long-poll up to this many seconds when nothing is waiting.
         #[arg(long)]
         wait: Option<u64>,
+        /// Download received attachments into this folder (without it they are listed only).
+        #[arg(long)]
+        save_dir: Option<PathBuf>,
     },
     /// List conversations, one JSON object per line.
     Conversations,
@@ -129,8 +165,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send {
             to,
             conversation,
+            attach: Some(file),
+            name,
+            media_type,
             text,
+            ..
         } => {
+            let mut client = SealClient::open_with(&home, options).await?;
+            let line =
+                attach::send(&mut client, to, conversation, &file, name, media_type, text).await?;
+            print(&line)
+        }
+        Command::Send {
+            to: Some(to),
+            class: Some(class),
+            redacted,
+            api_key,
+            text,
+            ..
+        } => {
+            let class = MessageClass::parse(&class).ok_or_else(|| {
+                anyhow::anyhow!("--class must be transactional, sensitive or marketing")
+            })?;
+            let api_key = api_key
+                .ok_or_else(|| anyhow::anyhow!("--class needs --api-key or SEAL_API_KEY"))?;
+            let content = Content {
+                text: text.unwrap_or_default(),
+                redacted,
+            };
+            let mut client = SealClient::open_with(&home, options).await?;
+            let outcome = client
+                .sender(&api_key)?
+                .send_to(&to, &content, class)
+                .await?;
+            print(&outcome)
+        }
+        Command::Queued { api_key } => {
+            let api_key =
+                api_key.ok_or_else(|| anyhow::anyhow!("queued needs --api-key or SEAL_API_KEY"))?;
+            let mut client = SealClient::open_with(&home, options).await?;
+            let mut sender = client.sender(&api_key)?;
+            for (hold_id, outcome) in sender.process_queued().await? {
+                print(&json!({"hold_id": hold_id, "outcome": outcome}))?;
+            }
+            print(&json!({"waiting": sender.queued()?}))
+        }
+        Command::Send {
+            to,
+            conversation,
+            text,
+            ..
+        } => {
+            let text = text.unwrap_or_default();
             let mut client = SealClient::open_with(&home, options).await?;
             let receipt = match (to, conversation) {
                 (Some(user), _) => client.send_to_user(&user, &text).await?,
@@ -162,11 +248,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Recv { wait } => {
+        Command::Recv { wait, save_dir } => {
             let mut client = SealClient::open_with(&home, options).await?;
             let events = client.receive(wait.map(Duration::from_secs)).await?;
+            let mut unsaved = 0;
             for event in &events {
-                print(event)?;
+                match (event, &save_dir) {
+                    (Event::Attachment(a), Some(dir)) => {
+                        let (line, saved) = attach::save(&client, dir, a).await;
+                        unsaved += usize::from(!saved);
+                        print(&line)?;
+                    }
+                    (Event::Attachment(a), None) => print(&attach::listed(a))?,
+                    _ => print(event)?,
+                }
+            }
+            if unsaved > 0 {
+                anyhow::bail!("{unsaved} attachment(s) could not be saved (see attachment.error)");
             }
             Ok(())
         }
@@ -242,14 +340,56 @@ mod tests {
         }
         let cli = Cli::parse_from(["seal", "--home", "/h", "send", "--to", "bob", "hi there"]);
         assert!(
-            matches!(cli.command, Command::Send { to: Some(ref t), ref text, .. } if t == "bob" && text == "hi there")
+            matches!(cli.command, Command::Send { to: Some(ref t), ref text, .. } if t == "bob" && text.as_deref() == Some("hi there"))
         );
         assert!(Cli::try_parse_from(["seal", "send", "hi"]).is_err());
         assert!(
             Cli::try_parse_from(["seal", "send", "--to", "b", "--conversation", "c", "x"]).is_err()
         );
         let cli = Cli::parse_from(["seal", "recv", "--wait", "5"]);
-        assert!(matches!(cli.command, Command::Recv { wait: Some(5) }));
+        assert!(matches!(
+            cli.command,
+            Command::Recv {
+                wait: Some(5),
+                save_dir: None
+            }
+        ));
+        let cli = Cli::parse_from(["seal", "send", "--to", "bob", "--attach", "/tmp/f.pdf"]);
+        assert!(matches!(
+            cli.command,
+            Command::Send {
+                attach: Some(_),
+                text: None,
+                ..
+            }
+        ));
+        let cli = Cli::parse_from([
+            "seal",
+            "send",
+            "--conversation",
+            "ab",
+            "--attach",
+            "f",
+            "caption",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Send {
+                text: Some(_),
+                attach: Some(_),
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["seal", "send", "--to", "bob"]).is_err());
+        assert!(Cli::try_parse_from(["seal", "send", "--to", "bob", "--name", "x", "t"]).is_err());
+        let cli = Cli::parse_from(["seal", "recv", "--save-dir", "/tmp/in"]);
+        assert!(matches!(
+            cli.command,
+            Command::Recv {
+                save_dir: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]

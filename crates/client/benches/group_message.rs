@@ -105,7 +105,10 @@ async fn through_sdk(members: usize) -> Result<SdkFigures> {
         let t1 = Instant::now();
         let events = receiver.receive(Some(Duration::from_secs(5))).await?;
         let t2 = Instant::now();
-        if !events.iter().any(|e| matches!(e, Event::Message(m) if m.text == text)) {
+        if !events
+            .iter()
+            .any(|e| matches!(e, Event::Message(m) if m.text == text))
+        {
             bail!("round {round}: the message did not arrive: {events:?}");
         }
         if round >= WARMUP {
@@ -129,9 +132,7 @@ fn raw_mls(members: usize) -> Result<Samples> {
     let cs = CipherSuite::CURVE25519_AES128;
     let provider = AwsLcCryptoProvider::default();
     let make = |i: usize| -> Result<_> {
-        let csp = provider
-            .cipher_suite_provider(cs)
-            .context("cipher suite")?;
+        let csp = provider.cipher_suite_provider(cs).context("cipher suite")?;
         let (sk, pk): (SignatureSecretKey, _) = csp.signature_key_generate()?;
         let id = SigningIdentity::new(
             BasicCredential::new(format!("raw-{i}").into_bytes()).into_credential(),
@@ -147,7 +148,8 @@ fn raw_mls(members: usize) -> Result<Samples> {
     let mut alice = clients[0].create_group(ExtensionList::new(), ExtensionList::new(), None)?;
     let mut commit = alice.commit_builder();
     for c in &clients[1..] {
-        let kp = c.generate_key_package_message(ExtensionList::new(), ExtensionList::new(), None)?;
+        let kp =
+            c.generate_key_package_message(ExtensionList::new(), ExtensionList::new(), None)?;
         commit = commit.add_member(kp)?;
     }
     let out = commit.build()?;

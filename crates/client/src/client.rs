@@ -111,7 +111,7 @@ pub struct SendReceipt {
 pub struct SealClient {
     pub(crate) home: PathBuf,
     _lock: DeviceLock,
-    key: SealKey,
+    pub(crate) key: SealKey,
     pub(crate) state: DeviceState,
     pub(crate) storage: MlsStorage,
     pub(crate) mls: MlsClient,
@@ -195,6 +195,7 @@ impl SealClient {
             pending_events: vec![],
             directory: Default::default(),
             removed_groups: Default::default(),
+            pending_uploads: vec![],
         };
         let mut client = Self::assemble(home, lock, key, device, MlsData::default())?;
         // The device token is shown once: save before anything else can fail.
@@ -364,13 +365,19 @@ impl SealClient {
 
     /// Send `text` to `user` in the 1:1 conversation with them, creating it if needed.
     pub async fn send_to_user(&mut self, user: &str, text: &str) -> Result<SendReceipt> {
+        check_text(text)?;
+        let conversation = self.direct_conversation(user).await?;
+        self.send(&conversation, text).await
+    }
+
+    /// The newest 1:1 conversation with `user`, created if there is none.
+    pub(crate) async fn direct_conversation(&mut self, user: &str) -> Result<String> {
         check_user(user)?;
         if user == self.state.user {
             return Err(Error::InvalidArgument(
                 "cannot start a 1:1 conversation with yourself".into(),
             ));
         }
-        check_text(text)?;
         let existing = self
             .state
             .conversations
@@ -378,21 +385,30 @@ impl SealClient {
             .filter(|(_, c)| matches!(&c.kind, ConversationKind::Direct { peer } if peer == user))
             .max_by_key(|(_, c)| c.created_at)
             .map(|(id, _)| id.clone());
-        let conversation = match existing {
-            Some(id) => id,
-            None => self.create_conversation(&[user.to_owned()], true).await?,
-        };
-        self.send(&conversation, text).await
+        match existing {
+            Some(id) => Ok(id),
+            None => self.create_conversation(&[user.to_owned()], true).await,
+        }
     }
+
     /// Encrypt `text` for a conversation and hand it to the gateway.
     pub async fn send(&mut self, conversation: &str, text: &str) -> Result<SendReceipt> {
         check_text(text)?;
+        self.send_payload(conversation, &Payload::text(text, now_ms()))
+            .await
+    }
+
+    /// Encrypt a payload for a conversation (at its current epoch) and hand it to the gateway.
+    pub(crate) async fn send_payload(
+        &mut self,
+        conversation: &str,
+        payload: &Payload,
+    ) -> Result<SendReceipt> {
         self.load_group(conversation)?;
         // Catch up first so the message is sent in the group's current epoch.
         self.sync(None).await?;
         let mut group = self.load_group(conversation)?;
-        let payload = Payload::text(text, now_ms()).encode();
-        let message = group.encrypt_application_message(&payload, vec![])?;
+        let message = group.encrypt_application_message(&payload.encode(), vec![])?;
         // The ratchet moved: save before the ciphertext leaves, so a key is never reused.
         group.write_to_storage()?;
         self.persist()?;
@@ -437,7 +453,7 @@ pub(crate) fn check_user(user: &str) -> Result<()> {
     }
 }
 
-fn check_text(text: &str) -> Result<()> {
+pub(crate) fn check_text(text: &str) -> Result<()> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(Error::InvalidArgument(format!(
             "text longer than {MAX_TEXT_BYTES} bytes"

@@ -82,6 +82,11 @@ pub enum Error {
     #[error("corrupt device state: {0}")]
     CorruptState(String),
 
+    /// Peer, server or caller: an attachment could not be encrypted, or its download did not
+    /// decrypt and verify (truncated, tampered, wrong key, digest mismatch).
+    #[error(transparent)]
+    Attachment(#[from] crate::attachment::AttachmentError),
+
     /// Internal: a cryptographic primitive failed (random source, key derivation).
     #[error("crypto failure: {0}")]
     Crypto(String),
@@ -102,6 +107,12 @@ impl Error {
             Error::Server(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// Whether retrying later may succeed (network trouble, server overload or failure),
+    /// as opposed to a refusal of the request itself.
+    pub fn is_transient(&self) -> bool {
+        crate::client::is_transient(self)
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

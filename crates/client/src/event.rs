@@ -6,11 +6,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::AttachmentRef;
+
 /// One thing that happened in a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 #[non_exhaustive]
 pub enum Event {
+    /// A file (with an optional caption) from another device. First, so a persisted
+    /// attachment event is never read back as a text message.
+    Attachment(AttachmentMessage),
     /// A text message from another device.
     Message(TextMessage),
     /// Someone joined or left, or we did.
@@ -26,6 +31,19 @@ pub struct TextMessage {
     pub from: String,
     pub device: String,
     pub text: String,
+    pub sent_at: i64,
+}
+
+/// `{"conversation","from","device","attachment":{…},"text"?,"sent_at"}`. The attachment
+/// carries its key: pass it to `SealClient::download_attachment`, and never print or log it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentMessage {
+    pub conversation: String,
+    pub from: String,
+    pub device: String,
+    pub attachment: AttachmentRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     pub sent_at: i64,
 }
 
@@ -104,6 +122,7 @@ impl Event {
     /// The conversation the event belongs to.
     pub fn conversation(&self) -> &str {
         match self {
+            Event::Attachment(a) => &a.conversation,
             Event::Message(m) => &m.conversation,
             Event::Membership(m) => &m.conversation,
             Event::Problem(p) => &p.conversation,
@@ -138,8 +157,26 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"conversation":"ab","event":"error","reason":"nope"}"#
         );
+        let a = Event::Attachment(AttachmentMessage {
+            conversation: "ab".into(),
+            from: "bob".into(),
+            device: "dv1".into(),
+            attachment: AttachmentRef {
+                attachment_id: "att_1".into(),
+                name: "a.txt".into(),
+                size: 1,
+                media_type: "text/plain".into(),
+                digest: "00".repeat(32),
+                cek: vec![0; 32],
+                nonce_prefix: vec![0; 7],
+                chunk_size: 1024,
+                ciphertext_len: 17,
+            },
+            text: Some("hi".into()),
+            sent_at: 5,
+        });
         // Persisted events come back as the same variant.
-        for ev in [m, j, e, Event::warning("ab", "w")] {
+        for ev in [a, m, j, e, Event::warning("ab", "w")] {
             let back: Event = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
             assert_eq!(back, ev);
         }

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use sealgate_proto::api::*;
+use sealgate_proto::attachment::{
+    CreateUploadRequest, CreateUploadResponse, DownloadUrlResponse, OFFSET_OCTET_STREAM,
+    UPLOAD_LENGTH, UPLOAD_OFFSET,
+};
 use sealgate_proto::{ErrorCode, Problem};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -180,6 +184,127 @@ impl Api {
     /// `POST /v1/mailbox/ack`.
     pub async fn ack(&self, up_to: i64) -> Result<AckResponse> {
         self.post("/v1/mailbox/ack", &AckRequest { up_to }).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachment blobs: ciphertext only.
+
+/// Timeout of one blob request (a `PATCH` of a few MiB, or a whole download).
+const BLOB_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Api {
+    fn blob_request(&self, method: Method, url: String) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, url).timeout(BLOB_TIMEOUT);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    /// `POST /v1/attachments`.
+    pub async fn create_upload(&self, req: &CreateUploadRequest) -> Result<CreateUploadResponse> {
+        self.post("/v1/attachments", req).await
+    }
+
+    /// `HEAD /v1/attachments/{id}`: `(offset, length)`.
+    pub async fn upload_offset(&self, attachment_id: &str) -> Result<(u64, u64)> {
+        let resp = self
+            .blob_request(
+                Method::HEAD,
+                format!("{}/v1/attachments/{attachment_id}", self.base),
+            )
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::Server(Box::new(Problem::new(
+                ErrorCode::UnknownAttachment,
+                None,
+            ))));
+        }
+        if !status.is_success() {
+            return Err(Error::Server(Box::new(fallback_problem(status))));
+        }
+        match (
+            header_u64(&resp, UPLOAD_OFFSET),
+            header_u64(&resp, UPLOAD_LENGTH),
+        ) {
+            (Some(offset), Some(length)) => Ok((offset, length)),
+            _ => Err(Error::BadResponse(
+                "HEAD without upload offset or length".into(),
+            )),
+        }
+    }
+
+    /// `PATCH /v1/attachments/{id}` at `offset`: the new offset.
+    pub async fn append_upload(
+        &self,
+        attachment_id: &str,
+        offset: u64,
+        body: Vec<u8>,
+    ) -> Result<u64> {
+        let resp = self
+            .blob_request(
+                Method::PATCH,
+                format!("{}/v1/attachments/{attachment_id}", self.base),
+            )
+            .header(reqwest::header::CONTENT_TYPE, OFFSET_OCTET_STREAM)
+            .header(UPLOAD_OFFSET, offset.to_string())
+            .body(body)
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        if resp.status().is_success() {
+            return header_u64(&resp, UPLOAD_OFFSET)
+                .ok_or_else(|| Error::BadResponse("PATCH without Upload-Offset".into()));
+        }
+        Err(error_from(resp).await)
+    }
+
+    /// `POST /v1/attachments/{id}/download-url`.
+    pub async fn download_url(&self, attachment_id: &str) -> Result<DownloadUrlResponse> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/attachments/{attachment_id}/download-url"),
+            &[],
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
+    /// `GET` a signed download URL (a path on this gateway); the body is the ciphertext.
+    pub async fn download(&self, url: &str) -> Result<reqwest::Response> {
+        if !url.starts_with("/v1/blobs/") {
+            return Err(Error::BadResponse("download URL outside /v1/blobs/".into()));
+        }
+        let resp = self
+            .blob_request(Method::GET, format!("{}{url}", self.base))
+            .send()
+            .await
+            .map_err(Error::Transport)?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(error_from(resp).await)
+    }
+}
+
+fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// The problem document of an error response.
+async fn error_from(resp: reqwest::Response) -> Error {
+    let status = resp.status();
+    match resp.bytes().await {
+        Ok(bytes) => Error::Server(Box::new(
+            serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| fallback_problem(status)),
+        )),
+        Err(e) => Error::Transport(e),
     }
 }
 

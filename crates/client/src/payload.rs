@@ -1,10 +1,15 @@
 //! The plaintext format inside MLS application messages.
 //!
-//! A small JSON object tagged by `type`, so new kinds (attachments, receipts) can be added
-//! without breaking old readers: `{"type":"text","text":"…","sent_at":1700000000000}`.
+//! A small JSON object tagged by `type`, so new kinds (receipts, ...) can be added without
+//! breaking old readers: `{"type":"text","text":"…","sent_at":1700000000000}`, or
+//! `{"type":"attachment","attachment_id","name","size","media_type","digest","cek",
+//! "nonce_prefix","chunk_size","ciphertext_len","text"?,"sent_at"}` for a file (its key lives
+//! only here, inside the MLS ciphertext).
 //! Unknown types are reported, never guessed at. This module must never log what it decodes.
 
 use serde::{Deserialize, Serialize};
+
+use crate::attachment::AttachmentRef;
 
 /// Longest accepted text, in bytes (keeps one message well under the gateway's body limit).
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -16,6 +21,14 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 pub enum Payload {
     /// A text message; `sent_at` is the sender's clock in Unix milliseconds.
     Text { text: String, sent_at: i64 },
+    /// A file: the reference to its encrypted blob (with its key), and an optional caption.
+    Attachment {
+        #[serde(flatten)]
+        attachment: AttachmentRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        sent_at: i64,
+    },
 }
 
 /// Why a decrypted payload could not be read. The peer's fault (or a newer peer).
@@ -27,6 +40,14 @@ impl Payload {
     pub fn text(text: impl Into<String>, sent_at: i64) -> Self {
         Payload::Text {
             text: text.into(),
+            sent_at,
+        }
+    }
+
+    pub fn attachment(attachment: AttachmentRef, text: Option<String>, sent_at: i64) -> Self {
+        Payload::Attachment {
+            attachment,
+            text,
             sent_at,
         }
     }
@@ -53,6 +74,38 @@ mod tests {
             r#"{"type":"text","text":"hi \"there\"","sent_at":1700000000123}"#
         );
         assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn attachment_wire_format_is_stable() {
+        let a = AttachmentRef {
+            attachment_id: "att_1".into(),
+            name: "report.pdf".into(),
+            size: 3,
+            media_type: "application/pdf".into(),
+            digest: "ab".repeat(32),
+            cek: vec![1; 32],
+            nonce_prefix: vec![2; 7],
+            chunk_size: 65536,
+            ciphertext_len: 19,
+        };
+        let p = Payload::attachment(a.clone(), None, 5);
+        let json = String::from_utf8(p.encode()).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"type":"attachment","attachment_id":"att_1","name":"report.pdf","size":3,"media_type":"application/pdf","digest":"{}","cek":"{}","nonce_prefix":"AgICAgICAg==","chunk_size":65536,"ciphertext_len":19,"sent_at":5}}"#,
+                "ab".repeat(32),
+                sealgate_proto::b64::encode(&[1; 32])
+            )
+        );
+        assert_eq!(Payload::decode(json.as_bytes()).unwrap(), p);
+        let with_text = Payload::attachment(a, Some("see attached".into()), 6);
+        assert_eq!(Payload::decode(&with_text.encode()).unwrap(), with_text);
+        assert!(
+            !format!("{with_text:?}").contains("AQEB"),
+            "Debug hides the key"
+        );
     }
 
     #[test]

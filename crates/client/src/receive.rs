@@ -15,7 +15,7 @@ use sealgate_proto::api::{EventKind, MailboxEvent};
 
 use crate::client::{SealClient, is_transient};
 use crate::error::{Error, Result};
-use crate::event::{Event, MembershipKind, TextMessage};
+use crate::event::{AttachmentMessage, Event, MembershipKind, TextMessage};
 use crate::mls::{self, MlsGroup, RosterEntry};
 use crate::payload::Payload;
 use crate::state::{Buffered, Conversation, ConversationKind, now_ms};
@@ -346,6 +346,24 @@ impl SealClient {
                 text,
                 sent_at,
             })),
+            Ok(Payload::Attachment {
+                attachment,
+                text,
+                sent_at,
+            }) => match attachment.check_labels().and_then(|()| attachment.key()) {
+                Ok(_) => self.emit(Event::Attachment(AttachmentMessage {
+                    conversation,
+                    from: sender.user_id,
+                    device: sender.device_id,
+                    attachment,
+                    text,
+                    sent_at,
+                })),
+                Err(e) => self.emit(Event::error(
+                    &conversation,
+                    format!("unusable attachment from {}: {e}", sender.user_id),
+                )),
+            },
             Err(e) => self.emit(Event::error(&conversation, e.to_string())),
         }
         Ok(Outcome::Done)

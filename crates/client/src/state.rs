@@ -85,6 +85,9 @@ pub struct DeviceState {
     /// Groups we were removed from; their late messages are dropped.
     #[serde(default)]
     pub removed_groups: BTreeSet<String>,
+    /// Attachment uploads started but not yet sent, so a new process can resume them.
+    #[serde(default)]
+    pub pending_uploads: Vec<crate::attachment::PendingUpload>,
 }
 
 #[derive(Serialize)]
@@ -166,6 +169,7 @@ mod tests {
             pending_events: vec![Event::error("00ff", "x")],
             directory: BTreeMap::new(),
             removed_groups: BTreeSet::from(["aa".to_string()]),
+            pending_uploads: vec![],
         }
     }
 

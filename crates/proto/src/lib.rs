@@ -2,9 +2,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod attachment;
 pub mod b64;
 pub mod identity;
+pub mod policy;
 pub mod problem;
+pub mod send;
 
 pub use identity::{DeviceIdentity, IdentityError};
 pub use problem::{ErrorCode, Problem};

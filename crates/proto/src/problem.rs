@@ -124,6 +124,52 @@ codes! {
     Internal = ("internal", 500, "Internal error"),
     /// The server is shutting down or not ready.
     Unavailable = ("unavailable", 503, "Service unavailable"),
+    /// `POST /v1/messages` needs an `Idempotency-Key` header of 1 to 128 visible ASCII
+    /// characters.
+    IdempotencyKeyRequired = ("idempotency_key_required", 400, "Idempotency key required"),
+    /// The idempotency key was already used with a different request body.
+    IdempotencyKeyReused = ("idempotency_key_reused", 422, "Idempotency key reused"),
+    /// A webhook's signature is missing or does not verify.
+    InvalidSignature = ("invalid_signature", 401, "Invalid signature"),
+    /// No such message (in the caller's tenant).
+    UnknownMessage = ("unknown_message", 404, "Unknown message"),
+    /// No such dead letter.
+    UnknownDeadLetter = ("unknown_dead_letter", 404, "Unknown dead letter"),
+    /// The tenant's message quota for the current period is used up; retry after
+    /// `retry_after` seconds.
+    QuotaExceeded = ("quota_exceeded", 429, "Quota exceeded"),
+    /// The attachment is larger than the tenant's per-attachment limit, or a PATCH would
+    /// write past its declared length or over the per-request limit.
+    AttachmentTooLarge = ("attachment_too_large", 413, "Attachment too large"),
+    /// The tenant's attachment storage quota is used up; nothing was stored. Unlike
+    /// `quota_exceeded` this does not clear with time alone: it needs attachments to expire.
+    StorageQuotaExceeded = ("storage_quota_exceeded", 403, "Storage quota exceeded"),
+    /// A PATCH's `Upload-Offset` is not the upload's current offset (also sent in the
+    /// `Upload-Offset` response header). `HEAD` the upload and continue from there.
+    OffsetMismatch = ("offset_mismatch", 409, "Upload offset mismatch"),
+    /// No such attachment upload for the caller (unknown, expired, or another device's).
+    UnknownAttachment = ("unknown_attachment", 404, "Unknown attachment"),
+    /// The attachment's upload is not complete yet, so it cannot be downloaded.
+    UploadIncomplete = ("upload_incomplete", 409, "Upload incomplete"),
+    /// A download URL is expired, altered, or was issued to another device.
+    InvalidDownloadUrl = ("invalid_download_url", 403, "Invalid download URL"),
+    /// The policy document is invalid; `errors` lists every problem with its path.
+    InvalidPolicy = ("invalid_policy", 422, "Invalid policy"),
+    /// The tenant's policy does not allow this kind of submission for the message class
+    /// (e.g. plain SMS for `sensitive`).
+    PolicyForbidsRoute = ("policy_forbids_route", 403, "Policy forbids this route"),
+    /// No such secure link (or not the caller's).
+    UnknownLink = ("unknown_link", 404, "Unknown link"),
+    /// The secure link expired; its content is deleted.
+    LinkExpired = ("link_expired", 410, "Link expired"),
+    /// The secure link was already opened once; its content is deleted.
+    LinkUsed = ("link_used", 410, "Link already used"),
+    /// The one-time code is wrong, expired or was never requested.
+    InvalidCode = ("invalid_code", 403, "Invalid code"),
+    /// Too many wrong codes (or code requests): the link is locked and its content deleted.
+    TooManyAttempts = ("too_many_attempts", 429, "Too many attempts"),
+    /// No such held message.
+    UnknownHold = ("unknown_hold", 404, "Unknown hold"),
 }
 
 impl Problem {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use sealgate_proto::api::CreateEnrollmentRequest;
-use sealgate_server::{Config, Gateway};
+use sealgate_server::{Config, Gateway, Role};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,16 @@ enum Command {
         /// Log format: `text` (default) or `json`.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// What this process runs: `api` (HTTP API, no delivery workers), `worker` (delivery
+        /// workers; health and metrics only on the listener) or `all` (both, the default).
+        #[arg(long, env = "SEALGATE_ROLE", default_value = "all")]
+        role: Role,
+    },
+    /// Apply pending store migrations (and create the queue stream, operator token and
+    /// URL-signing key if missing), then exit. Run once before starting a scale-out fleet.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
     },
     /// Administer tenants and enrollments (JSON output).
     Admin {
@@ -79,6 +89,35 @@ enum AdminCommand {
     },
     /// Print the path of the bootstrap operator token (for the HTTP admin API).
     OperatorToken,
+    /// A tenant's send policy (per message class: E2EE, then the fallback chain).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the tenant's effective policy (version 0 = the built-in default).
+    Get {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Replace the tenant's policy with FILE (JSON, or TOML when it ends in .toml); every
+    /// problem in it is listed. Recorded in the audit trail as `operator`.
+    Set {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+    },
+    /// Print the audit trail of the tenant's policy, newest first.
+    History {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,13 +150,19 @@ async fn run(cli: Cli) -> Result<()> {
             common,
             listen,
             log_format,
+            role,
         } => {
             init_logging(&log_format)?;
             let mut config = common.config()?;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
-            serve(config).await
+            serve(config, role).await
+        }
+        Command::Migrate { common } => {
+            Gateway::migrate(common.config()?).await?;
+            println!("{}", serde_json::json!({ "migrated": true }));
+            Ok(())
         }
         Command::Admin { common, command } => {
             let gateway = Gateway::open(common.config()?).await?;
@@ -148,13 +193,13 @@ fn init_logging(format: &str) -> Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<()> {
-    let gateway = Gateway::open(config.clone()).await?;
+async fn serve(config: Config, role: Role) -> Result<()> {
+    let gateway = Gateway::open_as(config.clone(), role).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data = %config.data_dir.display(), "gateway ready");
+    tracing::info!(%addr, data = %config.data_dir.display(), ?role, "gateway ready");
     // The one line scripts wait for.
     println!("listening on http://{addr}");
     gateway.serve(listener, shutdown_signal()).await?;
@@ -218,12 +263,61 @@ async fn admin(gateway: &Gateway, command: AdminCommand) -> Result<()> {
                     .map_err(problem)?,
             )?
         }
+        AdminCommand::Policy { command } => policy(gateway, command).await?,
         AdminCommand::OperatorToken => {
             serde_json::json!({ "path": gateway.operator_token_path() })
         }
     };
     println!("{output}");
     Ok(())
+}
+
+async fn tenant_id(gateway: &Gateway, tenant: &str) -> Result<String> {
+    let tenants = gateway.list_tenants().await.map_err(problem)?;
+    tenants
+        .iter()
+        .find(|t| t.tenant_id == tenant || t.name == tenant)
+        .map(|t| t.tenant_id.clone())
+        .with_context(|| format!("no tenant with id or name {tenant:?}"))
+}
+
+async fn policy(gateway: &Gateway, command: PolicyCommand) -> Result<serde_json::Value> {
+    let policies = gateway.state().policy();
+    Ok(match command {
+        PolicyCommand::Get { tenant } => {
+            let tenant = tenant_id(gateway, &tenant).await?;
+            serde_json::to_value(policies.view(&tenant).await.map_err(problem)?)?
+        }
+        PolicyCommand::Set { tenant, file } => {
+            let tenant = tenant_id(gateway, &tenant).await?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let toml = file.extension().is_some_and(|e| e == "toml");
+            let rules =
+                sealgate_server::policy::parse_document(&bytes, toml).map_err(|issues| {
+                    anyhow::anyhow!(
+                        "invalid policy ({} problem(s)):\n  {}",
+                        issues.len(),
+                        issues.join("\n  ")
+                    )
+                })?;
+            serde_json::to_value(
+                policies
+                    .set(&tenant, &rules, "operator")
+                    .await
+                    .map_err(problem)?,
+            )?
+        }
+        PolicyCommand::History { tenant } => {
+            let tenant = tenant_id(gateway, &tenant).await?;
+            let changes = policies
+                .store()
+                .policy_history(&tenant, 1000)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            serde_json::json!({ "changes": changes })
+        }
+    })
 }
 
 fn problem(e: sealgate_server::ApiError) -> anyhow::Error {

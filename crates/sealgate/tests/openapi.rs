@@ -35,6 +35,19 @@ fn checked_in_spec_matches_the_code() {
         "/v1/groups/{group_id}/messages",
         "/v1/mailbox",
         "/v1/mailbox/ack",
+        "/v1/attachments",
+        "/v1/attachments/{attachment_id}",
+        "/v1/attachments/{attachment_id}/download-url",
+        "/v1/blobs/{attachment_id}",
+        "/v1/policy",
+        "/v1/policy/history",
+        "/v1/capabilities/{recipient}",
+        "/v1/holds",
+        "/v1/holds/{hold_id}",
+        "/v1/links",
+        "/l/{link_id}",
+        "/l/{link_id}/otp",
+        "/l/{link_id}/open",
     ] {
         assert!(paths.contains_key(route), "{route} missing from the spec");
     }

@@ -62,6 +62,43 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()))
 }
 
+/// Recently verified API keys (digest → tenant), so a busy tenant backend does not cost a
+/// store lookup per request. Entries live [`ApiKeyCache::TTL`]; only successful lookups are
+/// cached, so an unknown key is always checked against the store.
+#[derive(Debug, Default)]
+pub struct ApiKeyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl ApiKeyCache {
+    /// How long a verified key is trusted without asking the store again.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, hash: &str) -> Option<String> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tenant, at) = entries.get(hash)?;
+        (at.elapsed() < Self::TTL).then(|| tenant.clone())
+    }
+
+    fn put(&self, hash: String, tenant_id: String) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (tenant_id, std::time::Instant::now()));
+    }
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
@@ -137,12 +174,15 @@ impl FromRequestParts<AppState> for TenantAuth {
         if !token.starts_with(SecretKind::ApiKey.prefix()) {
             return Err(unauthenticated("tenant API key required"));
         }
-        match state
-            .store()
-            .tenant_by_api_key_hash(&secret_hash(token))
-            .await?
-        {
-            Some(tenant_id) => Ok(TenantAuth { tenant_id }),
+        let hash = secret_hash(token);
+        if let Some(tenant_id) = state.api_key_cache().get(&hash) {
+            return Ok(TenantAuth { tenant_id });
+        }
+        match state.store().tenant_by_api_key_hash(&hash).await? {
+            Some(tenant_id) => {
+                state.api_key_cache().put(hash, tenant_id.clone());
+                Ok(TenantAuth { tenant_id })
+            }
             None => Err(unauthenticated("unknown API key")),
         }
     }

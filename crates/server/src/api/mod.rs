@@ -41,9 +41,23 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(crate::directory::routes::routes())
         .merge(crate::ds::routes::routes())
+        .merge(crate::blobs::routes::routes())
+        .merge(crate::policy::routes::routes())
+        .merge(crate::capabilities::routes::routes())
+        .merge(crate::links::routes::routes())
+        .merge(crate::delivery::routes::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::serve_openapi));
+    with_surface(routes, state)
+}
+
+/// The listener of a `--role worker` process: health, readiness and metrics only.
+pub fn worker_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::delivery::routes::metrics));
     with_surface(routes, state)
 }
 

@@ -15,15 +15,20 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::health;
+use crate::blobs::routes as blobs;
+use crate::capabilities::routes as caps;
+use crate::delivery::routes as send;
 use crate::directory::routes as dir;
 use crate::ds::routes as ds;
+use crate::links::routes as links;
+use crate::policy::routes as policy;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Sealgate gateway API",
         description = "End-to-end encrypted business messaging over MLS (RFC 9420): tenant \
-            administration, key directory, delivery service. Errors are RFC 7807 \
+            administration, key directory, delivery service, business send. Errors are RFC 7807 \
             application/problem+json with a stable `code`. Handshake messages must be \
             PublicMessage; application messages PrivateMessage.",
     ),
@@ -49,6 +54,33 @@ use crate::ds::routes as ds;
         ds::send_message,
         ds::fetch_mailbox,
         ds::ack_mailbox,
+        blobs::create_upload,
+        blobs::append_upload,
+        blobs::upload_offset,
+        blobs::download_url,
+        blobs::download_blob,
+        send::send_message,
+        send::get_message,
+        send::put_callback,
+        send::carrier_webhook,
+        send::list_dead_letters,
+        send::replay_dead_letter,
+        send::put_push_token,
+        send::metrics,
+        policy::get_policy,
+        policy::put_policy,
+        policy::policy_history,
+        policy::create_hold,
+        policy::list_holds,
+        policy::get_hold,
+        policy::finish_hold,
+        caps::get_capabilities,
+        links::create_link,
+        links::viewer_page,
+        links::viewer_js,
+        links::viewer_css,
+        links::request_otp,
+        links::open_link,
     ),
     components(schemas(Problem)),
     modifiers(&SecuritySchemes),
@@ -59,7 +91,12 @@ use crate::ds::routes as ds;
         (name = "keypackages", description = "KeyPackage directory: publish, stock, claim"),
         (name = "groups", description = "MLS delivery service: groups, commits, messages"),
         (name = "mailbox", description = "Device mailboxes"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "attachments", description = "Encrypted attachment blobs: resumable upload, signed download"),
+        (name = "messages", description = "Business send: messages, status, callbacks (API key)"),
+        (name = "webhooks", description = "Inbound receipts from the aggregator (HMAC-signed)"),
+        (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "policy", description = "Send policy per message class, its audit trail, capabilities, held messages (API key)"),
+        (name = "links", description = "Secure links: ciphertext upload (API key); viewer, one-time code and single open (recipient)"),
     )
 )]
 struct ApiDoc;

@@ -6,6 +6,8 @@
 //! it must never store or log a private key or a secret in clear.
 
 pub mod admin;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod keypackage;
 pub mod limiter;
 pub mod routes;

@@ -272,6 +272,7 @@ pub async fn register_device(
     let identity = DeviceIdentity::new(&device.tenant_id, &device.user_id, &device.device_id)
         .map_err(ApiError::internal)?;
     tracing::info!(tenant_id = %device.tenant_id, device_id = %device.device_id, "device registered");
+    crate::capabilities::devices_changed(&state, &device.tenant_id, &device.user_id).await;
     Ok((
         StatusCode::CREATED,
         Json(RegisterDeviceResponse {
@@ -331,6 +332,7 @@ pub async fn revoke_device(
         ));
     }
     tracing::info!(tenant_id = %auth.tenant_id, device_id = %auth.device_id, "device revoked");
+    crate::capabilities::devices_changed(&state, &auth.tenant_id, &auth.user_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -353,8 +353,6 @@ impl DsStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use proptest::prelude::*;
 
     use super::super::conformance;
@@ -368,18 +366,8 @@ mod tests {
         (dir, store)
     }
 
-    #[tokio::test]
-    async fn lifecycle() {
-        let (_dir, store) = open().await;
-        conformance::lifecycle(&store).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_commits_one_wins() {
-        let (_dir, store) = open().await;
-        conformance::concurrent_cas(Arc::new(store)).await;
-    }
-
+    // The contract tests run for every backend from `store::conformance::backend_suite!`;
+    // this property test adds random CAS sequences on SQLite.
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
         #[test]

@@ -6,16 +6,30 @@
 //! these traits knows which backend runs. The store must never hold plaintext of E2EE traffic
 //! or secrets in clear: tokens are stored as digests, messages as opaque MLS bytes.
 
+pub mod backend;
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
+pub use crate::delivery::store::DeliveryStore;
 pub use crate::directory::store::DirectoryStore;
 pub use crate::ds::store::DsStore;
+pub use crate::links::store::LinkStore;
+pub use crate::policy::store::PolicyStore;
 
-/// Every capability a backend provides. Implemented automatically for any type with all the
-/// area traits.
-pub trait Store: DirectoryStore + DsStore + Send + Sync + 'static {}
+/// Every capability a metadata backend provides. Implemented automatically for any type with
+/// all the area traits. The job queue (`delivery::JobQueue`) is separate: it may live
+/// elsewhere (JetStream) and is reached through `delivery::Delivery`.
+pub trait Store:
+    DirectoryStore + DsStore + DeliveryStore + PolicyStore + LinkStore + Send + Sync + 'static
+{
+}
 
-impl<T: DirectoryStore + DsStore + Send + Sync + 'static> Store for T {}
+impl<T> Store for T where
+    T: DirectoryStore + DsStore + DeliveryStore + PolicyStore + LinkStore + Send + Sync + 'static
+{
+}
 
 /// Failure of the store itself (I/O, database, corruption). Always the server's fault.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +41,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The external job queue (NATS JetStream) failed or is unreachable.
+    #[error("queue: {0}")]
+    Queue(String),
 }
 
 impl From<StoreError> for crate::error::ApiError {

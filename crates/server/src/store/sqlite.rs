@@ -46,3 +46,20 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 }
+
+#[cfg(test)]
+mod conformance {
+    use std::sync::Arc;
+
+    use super::SqliteStore;
+
+    async fn open(_test: &str) -> Option<(tempfile::TempDir, Arc<SqliteStore>)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("conformance.db"))
+            .await
+            .expect("open");
+        Some((dir, Arc::new(store)))
+    }
+
+    crate::store::conformance::backend_suite!(open);
+}

@@ -1,0 +1,190 @@
+//! Scale-out mode (PostgreSQL store + NATS JetStream queue) next to the embedded default
+//! (SQLite), measured in the same run on the same machine:
+//!
+//! * durable accepts/s: an api-role gateway (no workers) takes `MESSAGES` 1 KiB sends from
+//!   64 concurrent HTTP clients;
+//! * drain rate: then worker-role gateway instances start and deliver the backlog to the
+//!   carrier simulator; the rate is messages acknowledged by the carrier per second;
+//! * scale-out drain with one worker instance, then with two (on a fresh backlog).
+//!
+//! `cargo bench -p sealgate --bench scaleout` with `SEALGATE_TEST_POSTGRES_URL` and
+//! `SEALGATE_TEST_NATS_URL` set (without them only the embedded figures are printed). Worker
+//! instances are gateways in this process sharing its 2 cores with the load generator, the
+//! api gateway, the simulator, PostgreSQL and NATS, so every figure is a floor and "two
+//! workers" measures the queue's ability to spread work, not extra CPU.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sealgate::load::{LoadConfig, run};
+use sealgate_carrier_sim::{Sim, SimConfig};
+use sealgate_server::{Config, Gateway, Role};
+
+const MESSAGES: usize = 10_000;
+const BODY: usize = 1024;
+
+fn main() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(bench())
+}
+
+struct Running {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), sealgate_server::ServerError>>,
+}
+
+async fn start(config: &Config, role: Role) -> Result<(Gateway, Running)> {
+    let gateway = Gateway::open_as(config.clone(), role).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = gateway.clone();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok((gateway, Running { url, stop, task }))
+}
+
+async fn stop(r: Running) -> Result<()> {
+    let _ = r.stop.send(());
+    r.task.await??;
+    Ok(())
+}
+
+async fn delivered(http: &reqwest::Client, urls: &[String]) -> Result<usize> {
+    let mut total = 0.0;
+    for url in urls {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        total += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("sealgate_delivery_total{") && l.contains("outcome=\"success\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total as usize)
+}
+
+/// Accept a backlog on an api-only gateway, then drain it with `workers` worker instances.
+/// Returns (accepts/s, drained messages/s).
+async fn scenario(name: &str, config: &Config, worker_counts: &[usize]) -> Result<Vec<(f64, f64)>> {
+    let (api_gw, api) = start(config, Role::Api).await?;
+    let tenant = api_gw.create_tenant(&format!("bench-{name}")).await?;
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for (round, &workers) in worker_counts.iter().enumerate() {
+        let recipients: Vec<String> = (0..100).map(|i| format!("+1555700{i:04}")).collect();
+        let report = run(LoadConfig {
+            url: api.url.clone(),
+            api_key: tenant.api_key.clone(),
+            count: MESSAGES,
+            concurrency: 64,
+            body_size: BODY,
+            recipients,
+            channel: "sms".into(),
+            class: "transactional".into(),
+            rate: None,
+            key_prefix: format!("{name}-{round}"),
+        })
+        .await?;
+        anyhow::ensure!(report.errors == 0, "{name}: {} sends failed", report.errors);
+        let mut running = Vec::new();
+        let started = Instant::now();
+        for _ in 0..workers {
+            running.push(start(config, Role::Worker).await?.1);
+        }
+        let urls: Vec<String> = running.iter().map(|r| r.url.clone()).collect();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while delivered(&http, &urls).await? < MESSAGES {
+            anyhow::ensure!(Instant::now() < deadline, "{name}: drain stalled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let drain = MESSAGES as f64 / started.elapsed().as_secs_f64();
+        for r in running {
+            stop(r).await?;
+        }
+        println!(
+            "{name}: {:.0} durable accepts/s (p50 {:.1} ms, p99 {:.1} ms); drain with {workers} worker instance(s): {drain:.0} msg/s",
+            report.accepts_per_sec, report.latency_p50_ms, report.latency_p99_ms
+        );
+        out.push((report.accepts_per_sec, drain));
+    }
+    stop(api).await?;
+    Ok(out)
+}
+
+async fn bench() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sim = Sim::new(SimConfig::from_toml_str(
+        "webhook_url = \"http://127.0.0.1:9/none\"\nwebhook_secret = \"bench\"\nseed = 1\n\
+         [default]\nsms = true\n[receipts]\ndelivered_after_ms = 100000000\n",
+    )?)?;
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_url = format!("http://{}", sim_listener.local_addr()?);
+    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sealgate_carrier_sim::serve(sim, sim_listener, async {
+        let _ = sim_stopped.await;
+    }));
+    let config_path = dir.path().join("sealgate.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[delivery]\npoll_ms = 20\n[transports.sms]\nbase_url = \"{sim_url}\"\n\
+             token = \"sim-agent-token\"\nfrom = \"BENCH\"\n"
+        ),
+    )?;
+    let mut embedded = Config::load(Some(&config_path))?;
+    embedded.data_dir = dir.path().join("embedded");
+    let e = scenario("embedded", &embedded, &[1]).await?;
+
+    let pg = std::env::var("SEALGATE_TEST_POSTGRES_URL").ok();
+    let nats = std::env::var("SEALGATE_TEST_NATS_URL").ok();
+    let (Some(pg), Some(nats)) = (pg, nats) else {
+        println!("scale-out: skipped (set SEALGATE_TEST_POSTGRES_URL and SEALGATE_TEST_NATS_URL)");
+        let _ = stop_sim.send(());
+        return Ok(());
+    };
+    let id = sealgate_server::auth::random_id("");
+    let schema = format!("sg_bench_{}", &id[..12]);
+    let stream = format!("SG_BENCH_{}", &id[..12]);
+    let mut scale = embedded.clone();
+    scale.data_dir = dir.path().join("scaleout");
+    scale.store.backend = sealgate_server::store::backend::StoreBackend::Postgres;
+    scale.store.url = Some(pg.clone());
+    scale.store.schema = Some(schema.clone());
+    scale.queue.backend = sealgate_server::store::backend::QueueBackend::Nats;
+    scale.queue.url = Some(nats.clone());
+    scale.queue.stream = stream.clone();
+    let result = scenario("scale-out", &scale, &[1, 2]).await;
+    let _ = sealgate_server::store::postgres::PgStore::drop_schema(&pg, &schema).await;
+    let _ = sealgate_server::delivery::nats::NatsQueue::delete_stream(&nats, &stream).await;
+    let s = result?;
+    let (e_acc, e_drain) = e.first().copied().context("embedded figures")?;
+    let (s_acc, s_drain1) = s.first().copied().context("scale-out figures")?;
+    let s_drain2 = s.get(1).map_or(0.0, |r| r.1);
+    println!(
+        "scale-out vs embedded: accepts {:.0} % ({s_acc:.0} vs {e_acc:.0}/s), drain {:.0} % ({s_drain1:.0} vs {e_drain:.0}/s); target >= 50 %",
+        100.0 * s_acc / e_acc,
+        100.0 * s_drain1 / e_drain
+    );
+    println!(
+        "scale-out drain: 1 worker instance {s_drain1:.0} msg/s, 2 worker instances {s_drain2:.0} msg/s ({:+.0} %)",
+        100.0 * (s_drain2 / s_drain1 - 1.0)
+    );
+    let _ = stop_sim.send(());
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Load generation for `POST /v1/messages`, and the ceiling it is judged against.
+//!
+//! `run` drives the real HTTP API with a fixed number of concurrent senders (optionally paced
+//! to a target rate), each message with its own `Idempotency-Key`, and reports durable accepts
+//! per second and accept latency percentiles. `raw_insert_ceiling` measures what the same
+//! SQLite engine does with plain batched inserts of rows of the same size, in the same run, so
+//! the accept rate can be stated as a share of what the store allows. Message bodies are
+//! synthetic; nothing here may log them.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Gateway base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Tenant API key.
+    pub api_key: String,
+    /// Messages to send.
+    pub count: usize,
+    /// Concurrent senders.
+    pub concurrency: usize,
+    /// Text body size in bytes.
+    pub body_size: usize,
+    /// Recipients, used round robin.
+    pub recipients: Vec<String>,
+    /// `sms` or `rcs`.
+    pub channel: String,
+    /// Message class.
+    pub class: String,
+    /// Target rate in messages per second (all senders together); `None` = as fast as possible.
+    pub rate: Option<f64>,
+    /// Prefix of the idempotency keys (make it unique per run).
+    pub key_prefix: String,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub accepted: usize,
+    pub errors: usize,
+    pub elapsed_secs: f64,
+    pub accepts_per_sec: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+/// Send `config.count` messages and report.
+pub async fn run(config: LoadConfig) -> Result<LoadReport> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.concurrency)
+        .build()?;
+    let config = Arc::new(config);
+    let next = Arc::new(AtomicUsize::new(0));
+    let body_text = "x".repeat(config.body_size);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..config.concurrency.max(1) {
+        let (http, config, next, body_text) = (
+            http.clone(),
+            config.clone(),
+            next.clone(),
+            body_text.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= config.count {
+                    break;
+                }
+                if let Some(rate) = config.rate {
+                    let due = start + Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let to = &config.recipients[n % config.recipients.len()];
+                let body = json!({"to": to, "class": config.class,
+                                  "body": {"text": body_text, "channel": config.channel}});
+                let t0 = Instant::now();
+                let ok = http
+                    .post(format!("{}/v1/messages", config.url))
+                    .bearer_auth(&config.api_key)
+                    .header("Idempotency-Key", format!("{}-{n}", config.key_prefix))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16() == 202)
+                    .unwrap_or(false);
+                if ok {
+                    latencies.push(t0.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.context("sender task")?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: usize| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        latencies[((latencies.len() - 1) * p) / 100].as_secs_f64() * 1000.0
+    };
+    Ok(LoadReport {
+        accepted: latencies.len(),
+        errors,
+        elapsed_secs: elapsed,
+        accepts_per_sec: latencies.len() as f64 / elapsed,
+        latency_p50_ms: pct(50),
+        latency_p99_ms: pct(99),
+        latency_max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    })
+}
+
+/// Rows per second that plain batched inserts of `row_bytes`-byte rows reach on a fresh SQLite
+/// file in `dir`, with the gateway's pragmas (WAL, synchronous=NORMAL), `batch` rows per
+/// transaction and one multi-row INSERT per batch — the ceiling for durable accepts.
+pub async fn raw_insert_ceiling(
+    dir: &Path,
+    rows: usize,
+    batch: usize,
+    row_bytes: usize,
+) -> Result<f64> {
+    let url = format!("sqlite://{}", dir.join("ceiling.db").display());
+    let options = SqliteConnectOptions::from_str(&url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE rows (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, body BLOB NOT NULL, \
+         created_at INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let body = vec![b'x'; row_bytes];
+    let start = Instant::now();
+    let mut n = 0;
+    while n < rows {
+        let take = batch.min(rows - n);
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO rows (id, tenant, body, created_at) ");
+        q.push_values(n..n + take, |mut b, i| {
+            b.push_bind(format!("msg_{i:032}"))
+                .push_bind("tn_bench")
+                .push_bind(body.clone())
+                .push_bind(i as i64);
+        });
+        let mut tx = pool.begin().await?;
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        n += take;
+    }
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(rate)
+}
+
+/// The `q`-quantile (0–1) of a Prometheus histogram given as cumulative `(upper bound, count)`
+/// buckets, interpolated linearly inside the bucket like PromQL's `histogram_quantile`.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let in_bucket = count - prev.1;
+            let frac = if in_bucket > 0.0 {
+                (rank - prev.1) / in_bucket
+            } else {
+                0.0
+            };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+/// Cumulative buckets of histogram `name` with label `label="value"` from Prometheus text.
+pub fn scrape_histogram(text: &str, name: &str, label: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !rest.contains(label) {
+            continue;
+        }
+        let Some(le_start) = rest.find("le=\"") else {
+            continue;
+        };
+        let le_text = &rest[le_start + 4..];
+        let Some(le_end) = le_text.find('"') else {
+            continue;
+        };
+        let le = if &le_text[..le_end] == "+Inf" {
+            f64::INFINITY
+        } else {
+            le_text[..le_end].parse().unwrap_or(f64::NAN)
+        };
+        if let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse().ok()) {
+            out.push((le, count));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let b = [
+            (0.001, 0.0),
+            (0.005, 50.0),
+            (0.01, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        let p50 = histogram_quantile(0.5, &b).unwrap();
+        assert!((p50 - 0.005).abs() < 1e-9, "{p50}");
+        let p75 = histogram_quantile(0.75, &b).unwrap();
+        assert!((p75 - 0.0075).abs() < 1e-9, "{p75}");
+        assert_eq!(histogram_quantile(0.5, &[(1.0, 0.0)]), None);
+    }
+
+    #[test]
+    fn scrapes_one_labelled_series() {
+        let text = "x_bucket{transport=\"sms\",le=\"0.005\"} 3\n\
+                    x_bucket{transport=\"rcs\",le=\"0.005\"} 9\n\
+                    x_bucket{transport=\"sms\",le=\"+Inf\"} 4\n";
+        assert_eq!(
+            scrape_histogram(text, "x", "transport=\"sms\""),
+            vec![(0.005, 3.0), (f64::INFINITY, 4.0)]
+        );
+    }
+}

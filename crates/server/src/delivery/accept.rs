@@ -1,0 +1,314 @@
+//! The accept path of `POST /v1/messages`: validate the request, hash its canonical form for
+//! idempotency, and hand it to the group-commit writer, which stores many waiting messages
+//! (each with its job) in one transaction and answers each request only after the commit.
+//!
+//! Group commit is what lets SQLite reach the accept target: one transaction per request
+//! would pay one commit per message. Idempotency stays exact because a single writer decides
+//! every batch in order, and the store's primary key on (tenant, key) guards across
+//! processes. This module must never log a body or a full phone number.
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use sealgate_proto::ErrorCode;
+use sealgate_proto::identity::{valid_e164, valid_user_id};
+use sealgate_proto::send::{Channel, MessageBody, SendRequest, TextChannel};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::metrics::Metrics;
+use super::store::{AcceptOutcome, DeliveryBackend, NewMessage, PayloadKind};
+use crate::ds::engine;
+use crate::error::{ApiError, ApiResult};
+use crate::store::Store;
+
+/// Longest plaintext fallback text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Is `key` 1–128 visible ASCII characters?
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A request checked and reduced to what the store keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub channel: Channel,
+    pub kind: PayloadKind,
+    pub group_id: Option<String>,
+    pub epoch: Option<u64>,
+    pub payload: Vec<u8>,
+    /// SHA-256 of the canonical request.
+    pub request_hash: Vec<u8>,
+}
+
+fn invalid(detail: &str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidField, detail)
+}
+
+/// The canonical form hashed for idempotency: the typed request re-serialised (fixed field
+/// order, normalised base64 and group id, the default channel made explicit).
+pub fn request_hash(req: &SendRequest) -> Vec<u8> {
+    let mut canonical = req.clone();
+    if canonical.body.text.is_some() && canonical.body.channel.is_none() {
+        canonical.body.channel = Some(TextChannel::Sms);
+    }
+    if let Some(mls) = &mut canonical.body.mls {
+        mls.conversation = mls.conversation.to_ascii_lowercase();
+    }
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+    digest::digest(&digest::SHA256, &bytes).as_ref().to_vec()
+}
+
+/// Check a send request against the tenant's data and reduce it to a [`Prepared`].
+pub async fn prepare(
+    store: &dyn Store,
+    tenant_id: &str,
+    req: &SendRequest,
+    max_ttl_secs: u64,
+) -> ApiResult<Prepared> {
+    let phone = valid_e164(&req.to);
+    if !phone && !valid_user_id(&req.to) {
+        return Err(invalid(
+            "to: must be an E.164 phone number (+15551234567) or a user id",
+        ));
+    }
+    if let Some(ttl) = req.ttl_secs
+        && !(1..=max_ttl_secs).contains(&ttl)
+    {
+        return Err(invalid(&format!(
+            "ttl_secs: must be between 1 and {max_ttl_secs}"
+        )));
+    }
+    let MessageBody {
+        mls,
+        rcs_payload,
+        text,
+        channel,
+        secure_link,
+        redacted,
+    } = &req.body;
+    let given = usize::from(mls.is_some())
+        + usize::from(rcs_payload.is_some())
+        + usize::from(text.is_some())
+        + usize::from(secure_link.is_some())
+        + usize::from(redacted.is_some());
+    if given != 1 {
+        return Err(invalid(
+            "body: exactly one of mls, rcs_payload, text, secure_link, redacted is required",
+        ));
+    }
+    if channel.is_some() && text.is_none() {
+        return Err(invalid("body.channel: only allowed with text"));
+    }
+    // Secure-link notifications and redacted texts travel as texts on their channel (the
+    // policy hook has already checked the kind).
+    let (text, channel) = match (secure_link, redacted) {
+        (Some(l), _) => (Some(&l.text), Some(l.channel)),
+        (_, Some(r)) => (Some(&r.text), Some(r.channel)),
+        _ => (text.as_ref(), *channel),
+    };
+    let request_hash = request_hash(req);
+    if let Some(text) = text {
+        if !phone {
+            return Err(invalid("to: a text message needs an E.164 phone number"));
+        }
+        if text.is_empty() || text.len() > MAX_TEXT_BYTES {
+            return Err(invalid(&format!(
+                "body.text: must be 1 to {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        let channel = match channel.unwrap_or_default() {
+            TextChannel::Rcs => Channel::Rcs,
+            TextChannel::Sms => Channel::Sms,
+        };
+        return Ok(Prepared {
+            channel,
+            kind: PayloadKind::Text,
+            group_id: None,
+            epoch: None,
+            payload: text.as_bytes().to_vec(),
+            request_hash,
+        });
+    }
+    if let Some(payload) = rcs_payload {
+        if !phone {
+            return Err(invalid("to: an RCS payload needs an E.164 phone number"));
+        }
+        if payload.is_empty() {
+            return Err(invalid("body.rcs_payload: must not be empty"));
+        }
+        return Ok(Prepared {
+            channel: Channel::Rcs,
+            kind: PayloadKind::RcsPayload,
+            group_id: None,
+            epoch: None,
+            payload: payload.clone(),
+            request_hash,
+        });
+    }
+    let Some(mls) = mls else {
+        return Err(invalid("body: missing"));
+    };
+    let unknown_group = || {
+        ApiError::new(
+            ErrorCode::UnknownGroup,
+            "no such conversation in this tenant",
+        )
+    };
+    let group_bytes = hex::decode(&mls.conversation)
+        .ok()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(unknown_group)?;
+    let group_id = hex::encode(&group_bytes);
+    let epoch = engine::check_application(&mls.message, &group_bytes)?;
+    let group = store
+        .group(&group_id)
+        .await?
+        .filter(|g| g.tenant_id == tenant_id)
+        .ok_or_else(unknown_group)?;
+    if !engine::application_epoch_ok(epoch, group.epoch) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidMessage,
+            format!(
+                "message is for epoch {epoch}; the conversation is at epoch {}",
+                group.epoch
+            ),
+        ));
+    }
+    Ok(Prepared {
+        channel: Channel::Inapp,
+        kind: PayloadKind::Mls,
+        group_id: Some(group_id),
+        epoch: Some(epoch),
+        payload: mls.message.clone(),
+        request_hash,
+    })
+}
+
+type Pending = (NewMessage, oneshot::Sender<ApiResult<AcceptOutcome>>);
+
+/// Handle to the group-commit writer. Cheap to clone; the writer stops when the last handle
+/// is dropped (after finishing the batch in hand).
+#[derive(Clone)]
+pub struct Acceptor {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Acceptor {
+    /// Start the writer: it takes up to `max_batch` waiting messages, stores them in one
+    /// transaction, answers each, and wakes the workers.
+    pub fn spawn(
+        backend: Arc<dyn DeliveryBackend>,
+        max_batch: usize,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let max_batch = max_batch.max(1);
+        let (tx, rx) = mpsc::channel(max_batch * 4);
+        tokio::spawn(writer(rx, backend, max_batch, metrics, wake));
+        Self { tx }
+    }
+
+    /// Store `message` with its job; resolves after the commit.
+    pub async fn accept(&self, message: NewMessage) -> ApiResult<AcceptOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((message, reply))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| ApiError::internal("accept writer dropped a request"))?
+    }
+}
+
+async fn writer(
+    mut rx: mpsc::Receiver<Pending>,
+    backend: Arc<dyn DeliveryBackend>,
+    max_batch: usize,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+) {
+    let mut buf: Vec<Pending> = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut buf, max_batch).await > 0 {
+        let (messages, replies): (Vec<NewMessage>, Vec<_>) = buf.drain(..).unzip();
+        metrics.accept_batch.observe(messages.len() as f64);
+        match backend.accept_messages(&messages).await {
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(result.map_err(ApiError::from));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = messages.len(), "accept batch failed");
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "the message was not stored; safe to retry",
+                    )));
+                }
+            }
+        }
+        wake.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealgate_proto::send::{MessageClass, MlsBody};
+
+    fn text_req(text: &str, channel: Option<TextChannel>) -> SendRequest {
+        SendRequest {
+            to: "+15551234567".into(),
+            class: MessageClass::Transactional,
+            ttl_secs: None,
+            body: MessageBody {
+                text: Some(text.into()),
+                channel,
+                ..MessageBody::default()
+            },
+        }
+    }
+
+    #[test]
+    fn hash_is_canonical_and_sensitive() {
+        assert_eq!(
+            request_hash(&text_req("hi", None)),
+            request_hash(&text_req("hi", Some(TextChannel::Sms)))
+        );
+        assert_ne!(
+            request_hash(&text_req("hi", None)),
+            request_hash(&text_req("hi", Some(TextChannel::Rcs)))
+        );
+        assert_ne!(
+            request_hash(&text_req("hi", None)),
+            request_hash(&text_req("ho", None))
+        );
+        let mls = |c: &str| SendRequest {
+            to: "alice".into(),
+            class: MessageClass::Sensitive,
+            ttl_secs: None,
+            body: MessageBody {
+                mls: Some(MlsBody {
+                    conversation: c.into(),
+                    message: vec![1],
+                }),
+                ..MessageBody::default()
+            },
+        };
+        assert_eq!(request_hash(&mls("AB")), request_hash(&mls("ab")));
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(valid_idempotency_key("order-42"));
+        assert!(valid_idempotency_key(&"k".repeat(128)));
+        assert!(!valid_idempotency_key(&"k".repeat(129)));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key("has space"));
+        assert!(!valid_idempotency_key("é"));
+    }
+}
