@@ -1,15 +1,15 @@
 //! The accept transaction of the PostgreSQL backend: a batch of messages, each with its
 //! idempotency key, `queued` history entry and send job, in one transaction (group commit).
 //!
-//! The fast path decides idempotency in memory and writes the batch with one multi-row INSERT
-//! per table. Another process may insert the same key meanwhile: the unique key then refuses
+//! The fast path decides idempotency in memory and writes the batch with one statement
+//! (`unnest` arrays feeding data-modifying CTEs, one per table). Another process may insert the same key meanwhile: the unique key then refuses
 //! the batch (after waiting for that transaction), and the slow path redoes it with one
 //! savepoint per message and `ON CONFLICT DO NOTHING`, answering from the stored key. Neither
 //! path may leave a message without its job or the reverse.
 
 use std::collections::HashMap;
 
-use sqlx::{Acquire, PgConnection, Postgres, QueryBuilder};
+use sqlx::{Acquire, PgConnection};
 
 use crate::delivery::sqlite::corrupt;
 use crate::delivery::store::{AcceptOutcome, NewMessage};
@@ -88,56 +88,41 @@ async fn accept_one(conn: &mut PgConnection, m: &NewMessage) -> Result<AcceptOut
     })
 }
 
-/// Rows per multi-row INSERT: 14 columns × 500 stays far below PostgreSQL's 65535 binds.
-const CHUNK: usize = 500;
-
-/// The whole batch in one transaction with one multi-row INSERT per table: the fast path.
-/// Idempotency is decided in memory in batch order against the keys already stored.
+/// The whole batch in one transaction: the fast path. Idempotency is decided in memory in
+/// batch order against the keys already stored; the inserts are one statement (data-modifying
+/// CTEs over `unnest` arrays), so the SQL text is the same for every batch size and stays
+/// prepared.
 pub(super) async fn accept_fast(
     store: &PgStore,
     batch: &[NewMessage],
 ) -> Result<Vec<AcceptOutcome>, StoreError> {
     let mut tx = store.begin().await?;
-    let mut known: HashMap<(&str, &str), (Vec<u8>, String)> = HashMap::new();
-    for chunk in batch.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT tenant_id, idem_key, request_hash, message_id FROM send_idempotency \
-             WHERE (tenant_id, idem_key) IN (",
-        );
-        let mut sep = q.separated(", ");
-        for m in chunk {
-            sep.push("(")
-                .push_bind_unseparated(&m.tenant_id)
-                .push_unseparated(", ")
-                .push_bind_unseparated(&m.idempotency_key)
-                .push_unseparated(")");
-        }
-        q.push(")");
-        let rows: Vec<(String, String, Vec<u8>, String)> =
-            q.build_query_as().fetch_all(&mut *tx).await?;
-        for (tenant, key, hash, id) in rows {
-            // Borrow the batch's own strings as map keys.
-            if let Some(m) = chunk
-                .iter()
-                .find(|m| m.tenant_id == tenant && m.idempotency_key == key)
-            {
-                known.insert((&m.tenant_id, &m.idempotency_key), (hash, id));
-            }
-        }
-    }
+    let tenants: Vec<&str> = batch.iter().map(|m| m.tenant_id.as_str()).collect();
+    let keys: Vec<&str> = batch.iter().map(|m| m.idempotency_key.as_str()).collect();
+    let rows: Vec<(String, String, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT i.tenant_id, i.idem_key, i.request_hash, i.message_id FROM send_idempotency i \
+         JOIN unnest($1::text[], $2::text[]) AS b(tenant_id, idem_key) \
+         ON i.tenant_id = b.tenant_id AND i.idem_key = b.idem_key",
+    )
+    .bind(&tenants)
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut known: HashMap<(String, String), (Vec<u8>, String)> = rows
+        .into_iter()
+        .map(|(tenant, key, hash, id)| ((tenant, key), (hash, id)))
+        .collect();
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut fresh: Vec<&NewMessage> = Vec::with_capacity(batch.len());
     for m in batch {
-        match known.get(&(m.tenant_id.as_str(), m.idempotency_key.as_str())) {
+        let key = (m.tenant_id.clone(), m.idempotency_key.clone());
+        match known.get(&key) {
             Some((hash, id)) if *hash == m.request_hash => outcomes.push(AcceptOutcome::Replayed {
                 message_id: id.clone(),
             }),
             Some(_) => outcomes.push(AcceptOutcome::KeyReused),
             None => {
-                known.insert(
-                    (&m.tenant_id, &m.idempotency_key),
-                    (m.request_hash.clone(), m.message_id.clone()),
-                );
+                known.insert(key, (m.request_hash.clone(), m.message_id.clone()));
                 fresh.push(m);
                 outcomes.push(AcceptOutcome::Accepted {
                     message_id: m.message_id.clone(),
@@ -145,70 +130,71 @@ pub(super) async fn accept_fast(
             }
         }
     }
-    for chunk in fresh.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO send_idempotency (tenant_id, idem_key, request_hash, message_id, \
-             created_at) ",
-        );
-        q.push_values(chunk, |mut b, m| {
-            b.push_bind(&m.tenant_id)
-                .push_bind(&m.idempotency_key)
-                .push_bind(&m.request_hash)
-                .push_bind(&m.message_id)
-                .push_bind(m.accepted_at);
-        });
-        q.build().execute(&mut *tx).await?;
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
-             group_id, epoch, payload, status, correlation_id, accepted_at, expires_at, \
-             updated_at) ",
-        );
-        let mut bad_epoch = None;
-        q.push_values(chunk, |mut b, m| {
-            let epoch = m.epoch.map(|e| {
-                i64::try_from(e).unwrap_or_else(|_| {
-                    bad_epoch = Some(e);
-                    0
-                })
-            });
-            b.push_bind(&m.message_id)
-                .push_bind(&m.tenant_id)
-                .push_bind(&m.recipient)
-                .push_bind(m.class.as_str())
-                .push_bind(m.channel.as_str())
-                .push_bind(m.kind.as_str())
-                .push_bind(m.group_id.as_deref())
-                .push_bind(epoch)
-                .push_bind(&m.payload)
-                .push_bind("queued")
-                .push_bind(m.correlation_id.as_deref())
-                .push_bind(m.accepted_at)
-                .push_bind(m.expires_at)
-                .push_bind(m.accepted_at);
-        });
-        if let Some(e) = bad_epoch {
-            return Err(corrupt("epoch", e));
-        }
-        q.build().execute(&mut *tx).await?;
-        let mut q =
-            QueryBuilder::<Postgres>::new("INSERT INTO send_history (message_id, status, at) ");
-        q.push_values(chunk, |mut b, m| {
-            b.push_bind(&m.message_id)
-                .push_bind("queued")
-                .push_bind(m.accepted_at);
-        });
-        q.build().execute(&mut *tx).await?;
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) ",
-        );
-        q.push_values(chunk, |mut b, m| {
-            b.push_bind("send")
-                .push_bind(&m.tenant_id)
-                .push_bind(&m.message_id)
-                .push_bind(m.accepted_at)
-                .push_bind(m.accepted_at);
-        });
-        q.build().execute(&mut *tx).await?;
+    if !fresh.is_empty() {
+        let epochs = fresh
+            .iter()
+            .map(|m| {
+                m.epoch
+                    .map(|e| i64::try_from(e).map_err(|_| corrupt("epoch", e)))
+                    .transpose()
+            })
+            .collect::<Result<Vec<Option<i64>>, StoreError>>()?;
+        let col = |f: fn(&NewMessage) -> &str| fresh.iter().map(|m| f(m)).collect::<Vec<&str>>();
+        sqlx::query(
+            "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
+               $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+               $11::bytea[], $12::text[], $13::bigint[], $14::bigint[]) AS t(message_id, \
+               tenant_id, idem_key, request_hash, recipient, class, channel, kind, group_id, \
+               epoch, payload, correlation_id, accepted_at, expires_at)), \
+             k AS (INSERT INTO send_idempotency (tenant_id, idem_key, request_hash, \
+               message_id, created_at) \
+               SELECT tenant_id, idem_key, request_hash, message_id, accepted_at FROM b), \
+             m AS (INSERT INTO send_messages (message_id, tenant_id, recipient, class, \
+               channel, kind, group_id, epoch, payload, status, correlation_id, accepted_at, \
+               expires_at, updated_at) \
+               SELECT message_id, tenant_id, recipient, class, channel, kind, group_id, epoch, \
+               payload, 'queued', correlation_id, accepted_at, expires_at, accepted_at FROM b), \
+             h AS (INSERT INTO send_history (message_id, status, at) \
+               SELECT message_id, 'queued', accepted_at FROM b) \
+             INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) \
+             SELECT 'send', tenant_id, message_id, accepted_at, accepted_at FROM b",
+        )
+        .bind(col(|m| &m.message_id))
+        .bind(col(|m| &m.tenant_id))
+        .bind(col(|m| &m.idempotency_key))
+        .bind(
+            fresh
+                .iter()
+                .map(|m| m.request_hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|m| &m.recipient))
+        .bind(col(|m| m.class.as_str()))
+        .bind(col(|m| m.channel.as_str()))
+        .bind(col(|m| m.kind.as_str()))
+        .bind(
+            fresh
+                .iter()
+                .map(|m| m.group_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(&epochs)
+        .bind(
+            fresh
+                .iter()
+                .map(|m| m.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|m| m.correlation_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(fresh.iter().map(|m| m.accepted_at).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(outcomes)
