@@ -21,6 +21,14 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Result<Self> {
+        // Server logs go to the test's captured output, so a failure shows the gateway's side.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir()?;
         let gateway = Gateway::open(Config::for_data_dir(&dir.path().join("server"))).await?;
         let tenant = gateway.create_tenant("acme").await?;

@@ -80,9 +80,27 @@ fn with_surface(routes: Router<AppState>, state: AppState) -> Router {
                         .on_response(on_response),
                 )
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(DefaultBodyLimit::max(body_limit)),
+                .layer(DefaultBodyLimit::max(body_limit))
+                .layer(axum::middleware::from_fn(run_to_completion)),
         )
         .with_state(state)
+}
+
+/// Every handler runs to completion, even when its client goes away. Hyper drops a request's
+/// future when the connection closes; a future dropped in the middle of a store transaction
+/// can leave a pooled SQLite connection inside `BEGIN IMMEDIATE`, holding the write lock until
+/// every other writer times out with "database is locked". Spawning the handler makes each
+/// request's work independent of the connection's fate (a long-poll whose client left simply
+/// runs out its wait).
+async fn run_to_completion(request: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    use tracing::Instrument;
+    match tokio::spawn(next.run(request).instrument(Span::current())).await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => panic_response(e.into_panic()),
+        Err(_) => {
+            ApiError::new(ErrorCode::Unavailable, "the server is shutting down").into_response()
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
