@@ -142,6 +142,87 @@ impl FallbackReason {
 pub struct PolicyRules {
     /// Class name → ordered chain.
     pub classes: BTreeMap<String, Vec<Step>>,
+    /// How recipients open secure links (absent: one-time code only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_link: Option<SecureLinkPolicy>,
+}
+
+/// The `secure_link` section of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecureLinkPolicy {
+    /// OIDC sign-in for opening links, verified against the tenant's JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<LinkOidc>,
+}
+
+/// OIDC sign-in for secure links (`secure_link.oidc`): the recipient signs in with the
+/// tenant's identity provider (implicit flow, `response_type=id_token`), and the gateway
+/// verifies the ID token against `jwks_url` (RS256 or ES256), `issuer`, `audience`, its
+/// lifetime, and the binding claim against the link's recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkOidc {
+    /// Exact `iss` of the tokens; `{issuer}/authorize` is where the viewer sends the user.
+    pub issuer: String,
+    /// Where the provider's public keys are (JSON Web Key Set).
+    pub jwks_url: String,
+    /// The client id registered for the viewer: the tokens' `aud`.
+    pub audience: String,
+    /// The claim that binds a token to the link's recipient. Only `phone_number` (compared
+    /// with the link's E.164 recipient) is supported.
+    #[serde(default = "default_oidc_claim")]
+    pub claim: String,
+    /// `true`: a link opens only after OIDC sign-in; `false`: OIDC or the one-time code.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn default_oidc_claim() -> String {
+    "phone_number".into()
+}
+
+fn url_ok(u: &str) -> bool {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        !r.is_empty()
+            && !r.starts_with('/')
+            && u.len() <= 512
+            && !u.contains(['#', '"', '<', '>', '\\', ' ', '\'', '`'])
+            && !u.chars().any(char::is_control)
+    })
+}
+
+impl LinkOidc {
+    fn validate(&self, issues: &mut Vec<String>) {
+        let at = "secure_link.oidc";
+        if !url_ok(&self.issuer) || self.issuer.contains('?') {
+            issues.push(format!(
+                "{at}.issuer: must be an http(s) URL without query or fragment"
+            ));
+        }
+        if !url_ok(&self.jwks_url) {
+            issues.push(format!("{at}.jwks_url: must be an http(s) URL"));
+        }
+        if self.audience.is_empty()
+            || self.audience.len() > 256
+            || !self
+                .audience
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'&' | b'\''))
+        {
+            issues.push(format!(
+                "{at}.audience: must be the client id (1 to 256 printable characters)"
+            ));
+        }
+        if self.claim != "phone_number" {
+            issues.push(format!(
+                "{at}.claim: only `phone_number` is supported (compared with the link's recipient)"
+            ));
+        }
+    }
 }
 
 impl PolicyRules {
@@ -163,7 +244,10 @@ impl PolicyRules {
             "marketing".into(),
             vec![Step::E2ee, Step::PlainRcs, Step::PlainSms],
         );
-        Self { classes }
+        Self {
+            classes,
+            secure_link: None,
+        }
     }
 
     /// The chain of `class` (the default's when the tenant did not name the class).
@@ -191,10 +275,30 @@ impl PolicyRules {
             ]);
         };
         for key in obj.keys() {
-            if !matches!(key.as_str(), "classes" | "version" | "comment") {
-                issues.push(format!("{key}: unknown key (expected `classes`)"));
+            if !matches!(
+                key.as_str(),
+                "classes" | "version" | "comment" | "secure_link"
+            ) {
+                issues.push(format!(
+                    "{key}: unknown key (expected `classes` or `secure_link`)"
+                ));
             }
         }
+        let secure_link = match obj.get("secure_link") {
+            None => None,
+            Some(v) => match serde_json::from_value::<SecureLinkPolicy>(v.clone()) {
+                Ok(sl) => {
+                    if let Some(oidc) = &sl.oidc {
+                        oidc.validate(&mut issues);
+                    }
+                    Some(sl)
+                }
+                Err(e) => {
+                    issues.push(format!("secure_link: {e}"));
+                    None
+                }
+            },
+        };
         let mut classes = BTreeMap::new();
         match obj.get("classes").map(|c| c.as_object()) {
             None => issues.push("classes: missing".into()),
@@ -215,7 +319,10 @@ impl PolicyRules {
             }
         }
         if issues.is_empty() {
-            Ok(Self { classes })
+            Ok(Self {
+                classes,
+                secure_link,
+            })
         } else {
             Err(issues)
         }
@@ -354,13 +461,22 @@ pub struct PolicyView {
     pub updated_at: Option<i64>,
     /// Chains per class, as stored (classes not named use the default).
     pub classes: BTreeMap<String, Vec<Step>>,
+    /// How recipients open secure links, when the tenant set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_link: Option<SecureLinkPolicy>,
 }
 
 impl PolicyView {
     pub fn rules(&self) -> PolicyRules {
         PolicyRules {
             classes: self.classes.clone(),
+            secure_link: self.secure_link.clone(),
         }
+    }
+
+    /// The OIDC sign-in of secure links, if configured.
+    pub fn link_oidc(&self) -> Option<&LinkOidc> {
+        self.secure_link.as_ref().and_then(|s| s.oidc.as_ref())
     }
 }
 
@@ -442,11 +558,15 @@ pub struct OtpSent {
     pub expires_in: u64,
 }
 
-/// `POST /l/{id}/open`.
+/// `POST /l/{id}/open`: exactly one of `code` (the one-time code) or `id_token` (an OIDC ID
+/// token from the tenant's identity provider, when the tenant configured OIDC sign-in).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenLinkRequest {
-    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 /// `POST /l/{id}/open` answer: the ciphertext, once.

@@ -170,6 +170,13 @@ codes! {
     TooManyAttempts = ("too_many_attempts", 429, "Too many attempts"),
     /// No such held message.
     UnknownHold = ("unknown_hold", 404, "Unknown hold"),
+    /// The OIDC ID token offered to open a secure link does not verify (signature, issuer,
+    /// audience, lifetime or recipient binding). Counts as a wrong attempt.
+    InvalidIdToken = ("invalid_id_token", 401, "Invalid ID token"),
+    /// An ID token was offered but the link's tenant has no OIDC sign-in configured.
+    OidcNotConfigured = ("oidc_not_configured", 409, "OIDC not configured"),
+    /// The link's tenant requires OIDC sign-in; the one-time code cannot open it.
+    OidcRequired = ("oidc_required", 403, "OIDC sign-in required"),
 }
 
 impl Problem {

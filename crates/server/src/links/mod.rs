@@ -3,7 +3,9 @@
 //! (`POST /v1/links`), and sends the recipient `https://GATEWAY/l/{id}#k=<key>`. Opening the
 //! link (`/l/{id}`, a page served from this binary that decrypts with WebCrypto) needs a
 //! one-time code sent to the recipient's number over the SMS transport; the ciphertext is
-//! then handed out once and deleted. Expired, used and locked links answer a clear page or
+//! then handed out once and deleted. A tenant may also configure OIDC sign-in in its policy
+//! (`secure_link.oidc`, see [`oidc`]): an ID token bound to the recipient's number then opens
+//! the link instead of the code (or, when `required`, is the only way to open it). Expired, used and locked links answer a clear page or
 //! problem, and their ciphertext is gone.
 //!
 //! The server must never see or store the key: it lives only in the URL fragment, which
@@ -11,6 +13,7 @@
 //! send pipeline like any fallback text — never logged, wiped once sent — and is kept apart
 //! from the ciphertext. Nothing here may log a code, a URL or a full phone number.
 
+pub mod oidc;
 pub mod postgres;
 pub mod routes;
 pub mod sqlite;
@@ -27,7 +30,7 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 use crate::error::{ApiError, ApiResult};
-pub use store::{LinkMeta, LinkState, LinkStore, NewLink, OpenOutcome};
+pub use store::{LinkMeta, LinkState, LinkStore, NewLink, OpenOutcome, Proof};
 
 /// `[links]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +111,7 @@ pub struct Links {
 struct Inner {
     store: Arc<dyn LinkStore>,
     config: LinksConfig,
+    oidc: oidc::Verifier,
 }
 
 /// Stops the expiry task when dropped.
@@ -156,7 +160,11 @@ pub fn mask_phone(phone: &str) -> String {
 impl Links {
     pub fn new(store: Arc<dyn LinkStore>, config: LinksConfig) -> Self {
         Self {
-            inner: Arc::new(Inner { store, config }),
+            inner: Arc::new(Inner {
+                store,
+                config,
+                oidc: oidc::Verifier::new(),
+            }),
         }
     }
 
@@ -166,6 +174,11 @@ impl Links {
 
     pub fn config(&self) -> &LinksConfig {
         &self.inner.config
+    }
+
+    /// The ID-token verifier of OIDC sign-in (with its key-set cache).
+    pub fn oidc(&self) -> &oidc::Verifier {
+        &self.inner.oidc
     }
 
     /// Delete expired ciphertext every `gc_interval_secs` until the guard is dropped.

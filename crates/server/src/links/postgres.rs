@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::store::{LinkMeta, LinkState, LinkStore, NewLink, OpenOutcome};
+use super::store::{LinkMeta, LinkState, LinkStore, NewLink, OpenOutcome, Proof};
 use crate::store::StoreError;
 use crate::store::postgres::PgStore;
 
@@ -91,7 +91,7 @@ impl LinkStore for PgStore {
     async fn open_link(
         &self,
         link_id: &str,
-        code_hash: &str,
+        proof: Proof<'_>,
         now_ms: i64,
         max_attempts: u32,
     ) -> Result<OpenOutcome, StoreError> {
@@ -143,14 +143,22 @@ impl LinkStore for PgStore {
             }
             return Ok(OpenOutcome::NotActive(state));
         }
-        let (Some(expected), Some(otp_expires_at)) = (otp_hash, otp_expires_at) else {
-            return Ok(OpenOutcome::NoCode);
+        let matched = match proof {
+            Proof::Code(code_hash) => {
+                let (Some(expected), Some(otp_expires_at)) = (otp_hash, otp_expires_at) else {
+                    return Ok(OpenOutcome::NoCode);
+                };
+                if now_ms >= otp_expires_at {
+                    return Ok(OpenOutcome::NoCode);
+                }
+                // Both sides are digests of a random code, so comparing them leaks nothing
+                // useful.
+                expected == code_hash
+            }
+            Proof::Verified => true,
+            Proof::Failed => false,
         };
-        if now_ms >= otp_expires_at {
-            return Ok(OpenOutcome::NoCode);
-        }
-        // Both sides are digests of a random code, so comparing them leaks nothing useful.
-        if expected != code_hash {
+        if !matched {
             let attempts = meta.attempts.saturating_add(1);
             let locked = attempts >= max_attempts;
             sqlx::query(

@@ -19,7 +19,7 @@ use sealgate_proto::policy::{
 use sealgate_proto::send::{Channel, MessageClass};
 use sealgate_proto::{ErrorCode, Problem};
 
-use super::{LinkState, NewLink, OpenOutcome, code_hash, mask_phone, new_code};
+use super::{LinkState, NewLink, OpenOutcome, Proof, code_hash, mask_phone, new_code};
 use crate::AppState;
 use crate::api::extract::Path;
 use crate::api::json::Json;
@@ -149,7 +149,7 @@ pub async fn viewer_page(
     } else {
         None
     };
-    let (status, page_state) = match meta.map(|m| m.state(now_millis())) {
+    let (status, page_state) = match meta.as_ref().map(|m| m.state(now_millis())) {
         None => (StatusCode::NOT_FOUND, "unknown"),
         Some(LinkState::Active) => (StatusCode::OK, "active"),
         Some(s) => (StatusCode::GONE, s.as_str()),
@@ -160,13 +160,50 @@ pub async fn viewer_page(
     } else {
         ""
     };
+    // The tenant's sign-in, if any: validated URLs and client id, escaped all the same.
+    let oidc = match &meta {
+        Some(m) if page_state == "active" => state
+            .policy()
+            .view(&m.tenant_id)
+            .await?
+            .link_oidc()
+            .cloned(),
+        _ => None,
+    };
+    let (authorize, client, required) = match &oidc {
+        Some(o) => (
+            format!("{}/authorize", o.issuer.trim_end_matches('/')),
+            o.audience.clone(),
+            if o.required { "true" } else { "false" },
+        ),
+        None => (String::new(), String::new(), "false"),
+    };
     let html = VIEWER_HTML
         .replace("__STATE__", page_state)
-        .replace("__LINK__", shown_id);
+        .replace("__LINK__", shown_id)
+        .replace("__OIDC_AUTHORIZE__", &attr_escape(&authorize))
+        .replace("__OIDC_CLIENT__", &attr_escape(&client))
+        .replace("__OIDC_REQUIRED__", required);
     Ok(with_page_headers(
         (status, html).into_response(),
         "text/html; charset=utf-8",
     ))
+}
+
+/// Escape for a double-quoted HTML attribute.
+fn attr_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn valid_link_id(id: &str) -> bool {
@@ -215,6 +252,7 @@ fn unknown_link() -> ApiError {
     responses(
         (status = 200, description = "Code sent", body = OtpSent),
         (status = 404, description = "`unknown_link`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`oidc_required`: the tenant allows only sign-in", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`link_expired`, `link_used`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited` (wait), `too_many_attempts`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`: no SMS transport", body = Problem, content_type = "application/problem+json"),
@@ -238,6 +276,18 @@ pub async fn request_otp(
     match meta.state(now) {
         LinkState::Active => {}
         other => return Err(not_active(other)),
+    }
+    if state
+        .policy()
+        .view(&meta.tenant_id)
+        .await?
+        .link_oidc()
+        .is_some_and(|o| o.required)
+    {
+        return Err(ApiError::new(
+            ErrorCode::OidcRequired,
+            "this link opens only after signing in with your organisation",
+        ));
     }
     if meta.otp_sends >= config.max_otp_sends {
         return Err(ApiError::new(
@@ -303,16 +353,20 @@ pub async fn request_otp(
     }))
 }
 
-/// Exchange the one-time code for the ciphertext — once.
+/// Exchange the one-time code — or, where the tenant configured OIDC sign-in, an ID token
+/// bound to the recipient — for the ciphertext, once.
 #[utoipa::path(
     post, path = "/l/{link_id}/open", tag = "links",
     params(("link_id" = String, Path, description = "From the link")),
     request_body = OpenLinkRequest,
     responses(
         (status = 200, description = "The ciphertext (now deleted on the server)", body = OpenLinkResponse),
-        (status = 403, description = "`invalid_code`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_id_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`invalid_code`, `oidc_required`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_link`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`oidc_not_configured`", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`link_expired`, `link_used`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_field`: neither or both of `code` and `id_token`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`too_many_attempts`: locked", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -324,17 +378,98 @@ pub async fn open_link(
     if !valid_link_id(&link_id) {
         return Err(unknown_link());
     }
-    let code = req.code.trim();
     let links = state.links();
-    let outcome = links
+    let max_attempts = links.config().max_attempts;
+    let meta = links
         .store()
-        .open_link(
-            &link_id,
-            &code_hash(&link_id, code),
-            now_millis(),
-            links.config().max_attempts,
-        )
-        .await?;
+        .link(&link_id)
+        .await?
+        .ok_or_else(unknown_link)?;
+    let now = now_millis();
+    match meta.state(now) {
+        LinkState::Active => {}
+        // Let the store wipe an expired link's ciphertext and answer.
+        LinkState::Expired => {}
+        other => return Err(not_active(other)),
+    }
+    let view = state.policy().view(&meta.tenant_id).await?;
+    let oidc = view.link_oidc();
+    let outcome = match (req.code, req.id_token) {
+        (Some(code), None) => {
+            if oidc.is_some_and(|o| o.required) && meta.state(now) == LinkState::Active {
+                return Err(ApiError::new(
+                    ErrorCode::OidcRequired,
+                    "this link opens only after signing in with your organisation",
+                ));
+            }
+            let code = code.trim();
+            links
+                .store()
+                .open_link(
+                    &link_id,
+                    Proof::Code(&code_hash(&link_id, code)),
+                    now,
+                    max_attempts,
+                )
+                .await?
+        }
+        (None, Some(token)) => {
+            let Some(oidc) = oidc else {
+                return Err(ApiError::new(
+                    ErrorCode::OidcNotConfigured,
+                    "sign-in is not configured for this link; use the one-time code",
+                ));
+            };
+            let proof = if meta.state(now) != LinkState::Active {
+                // Expired: no need to ask the identity provider.
+                Proof::Failed
+            } else {
+                match links
+                    .oidc()
+                    .verify(oidc, token.trim(), &meta.recipient, now.div_euclid(1000))
+                    .await
+                {
+                    Ok(()) => Proof::Verified,
+                    Err(super::oidc::TokenError::Jwks) => {
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "the identity provider's keys could not be fetched; try again later",
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::info!(%link_id, reason = %e, "secure link ID token refused");
+                        match links
+                            .store()
+                            .open_link(&link_id, Proof::Failed, now, max_attempts)
+                            .await?
+                        {
+                            OpenOutcome::WrongCode { remaining } if remaining > 0 => {
+                                return Err(ApiError::new(
+                                    ErrorCode::InvalidIdToken,
+                                    format!("{e}; {remaining} attempt(s) left"),
+                                ));
+                            }
+                            other => return opened(&link_id, other),
+                        }
+                    }
+                }
+            };
+            links
+                .store()
+                .open_link(&link_id, proof, now, max_attempts)
+                .await?
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidField,
+                "give either `code` or `id_token`",
+            ));
+        }
+    };
+    opened(&link_id, outcome)
+}
+
+fn opened(link_id: &str, outcome: OpenOutcome) -> ApiResult<Json<OpenLinkResponse>> {
     match outcome {
         OpenOutcome::Opened(ciphertext) => {
             tracing::info!(%link_id, "secure link opened");

@@ -86,6 +86,18 @@ pub enum OpenOutcome {
     },
 }
 
+/// What the opener offers to [`LinkStore::open_link`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof<'a> {
+    /// The digest of a one-time code, checked against the stored one.
+    Code(&'a str),
+    /// The caller already verified the opener (an OIDC ID token): release the ciphertext.
+    Verified,
+    /// The caller found the opener's proof invalid (an ID token that does not verify):
+    /// count a wrong attempt.
+    Failed,
+}
+
 #[async_trait]
 pub trait LinkStore: Send + Sync {
     async fn create_link(&self, link: &NewLink) -> Result<(), StoreError>;
@@ -102,13 +114,13 @@ pub trait LinkStore: Send + Sync {
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Check `code_hash` and, if it matches, mark the link used and take its ciphertext — all
-    /// in one transaction. A wrong code counts an attempt; the `max_attempts`-th locks the link
-    /// and deletes its ciphertext.
+    /// Check `proof` and, if it holds, mark the link used and take its ciphertext — all in one
+    /// transaction. A wrong code (or [`Proof::Failed`]) counts an attempt; the
+    /// `max_attempts`-th locks the link and deletes its ciphertext.
     async fn open_link(
         &self,
         link_id: &str,
-        code_hash: &str,
+        proof: Proof<'_>,
         now_ms: i64,
         max_attempts: u32,
     ) -> Result<OpenOutcome, StoreError>;

@@ -1,6 +1,9 @@
 // Secure-link viewer. The key comes from the URL fragment (after '#'), which the browser never
 // sends to the server; the server hands out the ciphertext once, after the one-time code.
 // Decryption happens here, with WebCrypto (AES-256-GCM). Nothing is loaded from elsewhere.
+// Where the tenant configured OIDC sign-in, the page can instead send the user to the identity
+// provider (implicit flow); the ID token comes back in the fragment of this same page, and the
+// link key waits in sessionStorage meanwhile (it was in the original fragment).
 'use strict';
 
 const AAD = new TextEncoder().encode('sealgate secure link v1');
@@ -14,6 +17,20 @@ const MESSAGES = {
 const CODES = {
   unknown_link: 'unknown', link_expired: 'expired', link_used: 'used', too_many_attempts: 'locked',
 };
+const STORE_PREFIX = 'sealgate-link:';
+
+function randomToken() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+// The payload of a JWT, unverified: only to compare the nonce this page made.
+function jwtPayload(token) {
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try { return JSON.parse(new TextDecoder().decode(b64urlDecode(parts[1]))); } catch (_) { return null; }
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -35,6 +52,7 @@ function fail(text) {
 
 function final(state) {
   $('verify').hidden = true;
+  $('sign-in').hidden = true;
   status(MESSAGES[state] || 'This link cannot be opened.');
   document.body.dataset.state = state;
 }
@@ -62,19 +80,105 @@ async function decrypt(keyBytes, data) {
   return typeof payload.text === 'string' ? payload.text : '';
 }
 
+async function show(keyBytes, r) {
+  try {
+    const text = await decrypt(keyBytes, b64urlDecode(r.json.ciphertext));
+    $('verify').hidden = true;
+    $('sign-in').hidden = true;
+    $('message').textContent = text;
+    $('content').hidden = false;
+    status('Decrypted in your browser.');
+    document.body.dataset.state = 'opened';
+    // Keep the key out of the history and of any later copy of the address.
+    history.replaceState(null, '', location.pathname);
+  } catch (_) {
+    fail('The message could not be decrypted: the link is damaged or incomplete.');
+  }
+}
+
+// Back from the identity provider: check state and nonce, then trade the ID token.
+async function finishSignIn(link, params) {
+  const storeKey = STORE_PREFIX + link;
+  const saved = (() => {
+    try { return JSON.parse(sessionStorage.getItem(storeKey) || 'null'); } catch (_) { return null; }
+  })();
+  sessionStorage.removeItem(storeKey);
+  if (!saved || !saved.k) {
+    history.replaceState(null, '', location.pathname);
+    return final('nokey');
+  }
+  // Drop the token from the address; keep the key so the user can try again.
+  history.replaceState(null, '', `${location.pathname}#k=${saved.k}`);
+  let keyBytes;
+  try { keyBytes = b64urlDecode(saved.k); } catch (_) { return final('nokey'); }
+  const token = params.get('id_token');
+  if (params.get('error') || !token) return fail('Sign-in did not complete. Try again.');
+  if (params.get('state') !== saved.state) return fail('Sign-in could not be checked. Try again.');
+  const claims = jwtPayload(token);
+  if (!claims || claims.nonce !== saved.nonce) return fail('Sign-in could not be checked. Try again.');
+  status('Opening…');
+  const r = await post(`/l/${link}/open`, { id_token: token });
+  if (!r.ok) {
+    const c = r.json && r.json.code;
+    if (CODES[c]) return final(CODES[c]);
+    return fail(c === 'invalid_id_token'
+      ? `This account cannot open this message. ${r.json.detail || ''}`
+      : 'The message could not be opened. Try again later.');
+  }
+  return show(keyBytes, r);
+}
+
+function startSignIn(link, key) {
+  const body = document.body.dataset;
+  const state = randomToken();
+  const nonce = randomToken();
+  sessionStorage.setItem(STORE_PREFIX + link, JSON.stringify({ k: key, state, nonce }));
+  const q = new URLSearchParams({
+    response_type: 'id_token',
+    client_id: body.oidcClient,
+    redirect_uri: location.origin + location.pathname,
+    scope: 'openid phone',
+    response_mode: 'fragment',
+    nonce,
+    state,
+  });
+  location.assign(`${body.oidcAuthorize}?${q}`);
+}
+
 function main() {
   const link = document.body.dataset.link;
   const state = document.body.dataset.state;
-  const key = new URLSearchParams(location.hash.slice(1)).get('k');
+  const params = new URLSearchParams(location.hash.slice(1));
+  const oidc = Boolean(document.body.dataset.oidcAuthorize);
+  const oidcOnly = oidc && document.body.dataset.oidcRequired === 'true';
   if (state !== 'active') return final(state);
+  if (oidc && (params.has('id_token') || params.has('error'))) {
+    $('sign-in').hidden = false;
+    return finishSignIn(link, params).then(() => wire(link, null, oidc, oidcOnly));
+  }
+  const key = params.get('k');
   if (!key) return final('nokey');
   let keyBytes;
   try {
     keyBytes = b64urlDecode(key);
     if (keyBytes.length !== 32) throw new Error('length');
   } catch (_) { return final('nokey'); }
+  return wire(link, keyBytes, oidc, oidcOnly, key);
+}
 
+function wire(link, keyBytes, oidc, oidcOnly, key) {
+  if (document.body.dataset.state !== 'active') return;
+  if (!key) {
+    key = new URLSearchParams(location.hash.slice(1)).get('k');
+    if (!key) return;
+    try { keyBytes = b64urlDecode(key); } catch (_) { return; }
+  }
   status('This message is protected. Verify it is you to open it.');
+  if (oidc) {
+    $('sign-in').hidden = false;
+    $('oidc').addEventListener('click', () => startSignIn(link, key));
+  }
+  if (oidcOnly) return;
   $('verify').hidden = false;
 
   $('request-code').addEventListener('click', async () => {
@@ -109,18 +213,7 @@ function main() {
       return fail(c === 'invalid_code' ? `Wrong or expired code. ${r.json.detail || ''}`
         : 'The message could not be opened. Try again later.');
     }
-    try {
-      const text = await decrypt(keyBytes, b64urlDecode(r.json.ciphertext));
-      $('verify').hidden = true;
-      $('message').textContent = text;
-      $('content').hidden = false;
-      status('Decrypted in your browser.');
-      document.body.dataset.state = 'opened';
-      // Keep the key out of the history and of any later copy of the address.
-      history.replaceState(null, '', location.pathname);
-    } catch (_) {
-      fail('The message could not be decrypted: the link is damaged or incomplete.');
-    }
+    return show(keyBytes, r);
   });
 }
 

@@ -5,7 +5,7 @@ use sealgate_proto::policy::HoldStatus;
 use sealgate_proto::send::MessageClass;
 
 use super::store::{HoldRecord, PolicyStore};
-use crate::links::store::{LinkState, LinkStore, NewLink, OpenOutcome};
+use crate::links::store::{LinkState, LinkStore, NewLink, OpenOutcome, Proof};
 
 /// Versions count up per tenant, every change is audited with both digests, holds move
 /// waiting → ready → done.
@@ -111,25 +111,40 @@ pub async fn links_lifecycle(store: &dyn LinkStore) {
         .expect("create");
     store.create_link(&link("l3", 200)).await.expect("create");
     assert_eq!(
-        store.open_link("l1", "c", 150, 3).await.expect("open"),
+        store
+            .open_link("l1", Proof::Code("c"), 150, 3)
+            .await
+            .expect("open"),
         OpenOutcome::NoCode
     );
     assert!(store.set_otp("l1", "good", 5000, 150).await.expect("otp"));
     assert_eq!(
-        store.open_link("l1", "bad", 160, 3).await.expect("open"),
+        store
+            .open_link("l1", Proof::Code("bad"), 160, 3)
+            .await
+            .expect("open"),
         OpenOutcome::WrongCode { remaining: 2 }
     );
     assert_eq!(
-        store.open_link("l1", "good", 6000, 3).await.expect("open"),
+        store
+            .open_link("l1", Proof::Code("good"), 6000, 3)
+            .await
+            .expect("open"),
         OpenOutcome::NoCode,
         "the code expired"
     );
     assert_eq!(
-        store.open_link("l1", "good", 170, 3).await.expect("open"),
+        store
+            .open_link("l1", Proof::Code("good"), 170, 3)
+            .await
+            .expect("open"),
         OpenOutcome::Opened(vec![1, 2, 3])
     );
     assert_eq!(
-        store.open_link("l1", "good", 180, 3).await.expect("open"),
+        store
+            .open_link("l1", Proof::Code("good"), 180, 3)
+            .await
+            .expect("open"),
         OpenOutcome::NotActive(LinkState::Used)
     );
     let meta = store.link("l1").await.expect("meta").expect("l1");
@@ -142,12 +157,18 @@ pub async fn links_lifecycle(store: &dyn LinkStore) {
     assert!(store.set_otp("l2", "good", 5000, 150).await.expect("otp"));
     for remaining in [2, 1, 0] {
         assert_eq!(
-            store.open_link("l2", "bad", 160, 3).await.expect("open"),
+            store
+                .open_link("l2", Proof::Code("bad"), 160, 3)
+                .await
+                .expect("open"),
             OpenOutcome::WrongCode { remaining }
         );
     }
     assert_eq!(
-        store.open_link("l2", "good", 170, 3).await.expect("open"),
+        store
+            .open_link("l2", Proof::Code("good"), 170, 3)
+            .await
+            .expect("open"),
         OpenOutcome::NotActive(LinkState::Locked)
     );
     assert_eq!(
@@ -156,11 +177,44 @@ pub async fn links_lifecycle(store: &dyn LinkStore) {
         "only l3 expired with content"
     );
     assert_eq!(
-        store.open_link("l3", "x", 300, 3).await.expect("open"),
+        store
+            .open_link("l3", Proof::Code("x"), 300, 3)
+            .await
+            .expect("open"),
         OpenOutcome::NotActive(LinkState::Expired)
     );
     assert_eq!(
-        store.open_link("nope", "x", 300, 3).await.expect("open"),
+        store
+            .open_link("nope", Proof::Code("x"), 300, 3)
+            .await
+            .expect("open"),
         OpenOutcome::Unknown
+    );
+    // A proof checked outside the store (an OIDC ID token): failures count, success opens
+    // once, without any code having been requested.
+    store
+        .create_link(&link("l4", 10_000))
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .open_link("l4", Proof::Failed, 310, 3)
+            .await
+            .expect("open"),
+        OpenOutcome::WrongCode { remaining: 2 }
+    );
+    assert_eq!(
+        store
+            .open_link("l4", Proof::Verified, 320, 3)
+            .await
+            .expect("open"),
+        OpenOutcome::Opened(vec![1, 2, 3])
+    );
+    assert_eq!(
+        store
+            .open_link("l4", Proof::Verified, 330, 3)
+            .await
+            .expect("open"),
+        OpenOutcome::NotActive(LinkState::Used)
     );
 }

@@ -41,9 +41,18 @@ pub fn digest_of(document: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, document.as_bytes()))
 }
 
-/// Canonical JSON of a policy's classes (sorted classes, fixed step shapes).
+/// Canonical JSON of a policy: its classes (sorted classes, fixed step shapes) alone — as
+/// before secure-link settings existed, so old digests stay valid — or, when the policy has a
+/// `secure_link` section, `{"classes": …, "secure_link": …}`.
 pub fn canonical(rules: &PolicyRules) -> String {
-    serde_json::to_string(&rules.classes).unwrap_or_default()
+    match &rules.secure_link {
+        None => serde_json::to_string(&rules.classes).unwrap_or_default(),
+        Some(sl) => serde_json::to_string(&serde_json::json!({
+            "classes": rules.classes,
+            "secure_link": sl,
+        }))
+        .unwrap_or_default(),
+    }
 }
 
 /// Digest of the built-in default (the "previous digest" of a tenant's first change).
@@ -151,6 +160,7 @@ impl Policies {
                     digest: digest_of(&canonical(&rules)),
                     updated_at: None,
                     classes: rules.classes,
+                    secure_link: None,
                 }
             }
         };
@@ -252,14 +262,27 @@ fn channel_str(c: TextChannel) -> &'static str {
 }
 
 fn view_of(stored: &StoredPolicy) -> ApiResult<PolicyView> {
-    let classes = serde_json::from_str(&stored.document)
-        .map_err(|e| ApiError::internal(format!("stored policy does not parse: {e}")))?;
+    let bad =
+        |e: serde_json::Error| ApiError::internal(format!("stored policy does not parse: {e}"));
+    let mut doc: serde_json::Value = serde_json::from_str(&stored.document).map_err(bad)?;
+    // Class names never include `classes`, so its presence marks the wrapped form.
+    let (classes, secure_link) = match doc.get_mut("classes").map(serde_json::Value::take) {
+        Some(classes) => (
+            serde_json::from_value(classes).map_err(bad)?,
+            match doc.get_mut("secure_link").map(serde_json::Value::take) {
+                Some(sl) => Some(serde_json::from_value(sl).map_err(bad)?),
+                None => None,
+            },
+        ),
+        None => (serde_json::from_value(doc).map_err(bad)?, None),
+    };
     Ok(PolicyView {
         version: stored.version,
         source: "tenant".into(),
         digest: stored.digest.clone(),
         updated_at: Some(stored.updated_at),
         classes,
+        secure_link,
     })
 }
 
