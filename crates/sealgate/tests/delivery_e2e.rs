@@ -8,64 +8,19 @@
 //!    SIGKILL several times and restarted; afterwards every message that got a 202 is in exactly
 //!    one inbox exactly once, and none that never got one was delivered.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{bin, free_port, spawn_ready};
 use serde_json::{Value, json};
 
 const AGENT_TOKEN: &str = "sim-agent-token-e2e";
 const WEBHOOK_SECRET: &str = "sim-webhook-secret-e2e";
-
-fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_sealgate"))
-        .with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sealgate-carrier-sim"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    path
-}
-
-/// A free loopback port: the gateway must come back on the same address after a kill, and
-/// the simulator must know where to send receipts before the gateway starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn spawn_ready(mut cmd: Command, log: &Path) -> (Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, url)
-}
 
 struct Net {
     dir: tempfile::TempDir,

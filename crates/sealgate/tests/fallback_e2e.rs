@@ -13,11 +13,13 @@
 //!    one-time code from the SMS inbox, sees the decrypted text, then sees the link refused
 //!    (skipped, with the reason printed, when node, Chromium or the npm packages are missing).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::{bin, free_port, spawn_ready};
 use serde_json::{Value, json};
 
 const AGENT_TOKEN: &str = "sim-agent-token-fallback";
@@ -26,51 +28,6 @@ const E2EE: &str = "+15557000001";
 const RCS_ONLY: &str = "+15551000002";
 const SMS_ONLY: &str = "+15552000003";
 const UNREACHABLE: &str = "+15553000004";
-
-fn bin(name: &str, package: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_sealgate"))
-        .with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", package])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    path
-}
-
-fn spawn_ready(mut cmd: Command, log: &Path) -> (Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, url)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct Net {
     dir: tempfile::TempDir,
@@ -116,7 +73,7 @@ read_after_ms = 20
             ),
         )
         .expect("sim.toml");
-        let mut cmd = Command::new(bin("sealgate-carrier-sim", "sealgate-carrier-sim"));
+        let mut cmd = Command::new(bin("sealgate-carrier-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--config"])
             .arg(&sim_config)
             .args([
@@ -155,7 +112,7 @@ timeout_ms = 2000
 "#
         );
         std::fs::write(dir.path().join("sealgate.toml"), config).expect("sealgate.toml");
-        let mut cmd = Command::new(bin("sealgate", "sealgate"));
+        let mut cmd = Command::new(bin("sealgate"));
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data")
             .arg(dir.path().join("data"))
@@ -178,7 +135,7 @@ timeout_ms = 2000
     }
 
     fn admin(&self, args: &[&str]) -> Value {
-        let out = Command::new(bin("sealgate", "sealgate"))
+        let out = Command::new(bin("sealgate"))
             .args(["admin", "--data"])
             .arg(self.dir.path().join("data"))
             .args(args)
@@ -214,7 +171,7 @@ timeout_ms = 2000
     }
 
     fn seal(&self, home: &Path, args: &[&str]) -> std::process::Output {
-        Command::new(bin("seal", "seal"))
+        Command::new(bin("seal"))
             .arg("--home")
             .arg(home)
             .args(args)

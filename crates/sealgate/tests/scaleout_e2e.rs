@@ -11,13 +11,14 @@
 //! `SEALGATE_TEST_S3_ENDPOINT` (`.ci/run` sets them); without them it prints why and passes.
 //! Each run uses its own PostgreSQL schema, JetStream stream and bucket, removed at the end.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{bin, spawn_ready};
 use sealgate_client::{ClientOptions, Event, SealClient};
 use serde_json::{Value, json};
 
@@ -25,43 +26,6 @@ const AGENT_TOKEN: &str = "sim-agent-token-scaleout";
 const WEBHOOK_SECRET: &str = "sim-webhook-secret-scaleout";
 const MESSAGES: usize = 300;
 const PHONES: usize = 15;
-
-fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_sealgate"))
-        .with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sealgate-carrier-sim"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    path
-}
-
-fn spawn_ready(mut cmd: Command, log: &Path) -> (Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, url)
-}
 
 struct Services {
     postgres: String,
