@@ -15,8 +15,7 @@ fuzz_target!(|data: &[u8]| {
         nonce_prefix: [1; 7],
         chunk_size,
         ciphertext_len,
-        ciphertext_sha256: None,
-        plaintext_sha256: [0; 32],
+        plaintext_digest: [0; 32],
         size: size / 2,
     };
     if let Ok(mut dec) = Decryptor::new(&key) {

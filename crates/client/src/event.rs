@@ -166,7 +166,7 @@ mod tests {
                 name: "a.txt".into(),
                 size: 1,
                 media_type: "text/plain".into(),
-                digest: "00".repeat(32),
+                digest: format!("blake3:{}", "00".repeat(32)),
                 cek: vec![0; 32],
                 nonce_prefix: vec![0; 7],
                 chunk_size: 1024,

@@ -83,7 +83,7 @@ mod tests {
             name: "report.pdf".into(),
             size: 3,
             media_type: "application/pdf".into(),
-            digest: "ab".repeat(32),
+            digest: format!("blake3:{}", "ab".repeat(32)),
             cek: vec![1; 32],
             nonce_prefix: vec![2; 7],
             chunk_size: 65536,
@@ -94,7 +94,7 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"{{"type":"attachment","attachment_id":"att_1","name":"report.pdf","size":3,"media_type":"application/pdf","digest":"{}","cek":"{}","nonce_prefix":"AgICAgICAg==","chunk_size":65536,"ciphertext_len":19,"sent_at":5}}"#,
+                r#"{{"type":"attachment","attachment_id":"att_1","name":"report.pdf","size":3,"media_type":"application/pdf","digest":"blake3:{}","cek":"{}","nonce_prefix":"AgICAgICAg==","chunk_size":65536,"ciphertext_len":19,"sent_at":5}}"#,
                 "ab".repeat(32),
                 sealgate_proto::b64::encode(&[1; 32])
             )

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use sealgate_proto::send::{Channel, MessageClass};
+use sealgate_server::delivery::store::{NewMessage, PayloadKind};
+use sealgate_server::store::DeliveryStore;
+use sealgate_server::store::sqlite::SqliteStore;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -62,15 +66,33 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
         .build()?;
     let config = Arc::new(config);
     let next = Arc::new(AtomicUsize::new(0));
+    // Bodies are built once per recipient: the generator shares the cores with the gateway,
+    // so it should spend as little as it can.
     let body_text = "x".repeat(config.body_size);
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
+        config
+            .recipients
+            .iter()
+            .map(|to| {
+                let body = json!({"to": to, "class": config.class,
+                                  "body": {"text": body_text, "channel": config.channel}});
+                bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+            })
+            .collect(),
+    );
+    anyhow::ensure!(!bodies.is_empty(), "no recipients");
+    let url: Arc<str> = format!("{}/v1/messages", config.url).into();
+    let auth: Arc<str> = format!("Bearer {}", config.api_key).into();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..config.concurrency.max(1) {
-        let (http, config, next, body_text) = (
+        let (http, config, next, bodies, url, auth) = (
             http.clone(),
             config.clone(),
             next.clone(),
-            body_text.clone(),
+            bodies.clone(),
+            url.clone(),
+            auth.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -84,15 +106,14 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
                     let due = start + Duration::from_secs_f64(n as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let to = &config.recipients[n % config.recipients.len()];
-                let body = json!({"to": to, "class": config.class,
-                                  "body": {"text": body_text, "channel": config.channel}});
+                let body = bodies[n % bodies.len()].clone();
                 let t0 = Instant::now();
                 let ok = http
-                    .post(format!("{}/v1/messages", config.url))
-                    .bearer_auth(&config.api_key)
+                    .post(&*url)
+                    .header(reqwest::header::AUTHORIZATION, &*auth)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header("Idempotency-Key", format!("{}-{n}", config.key_prefix))
-                    .json(&body)
+                    .body(body)
                     .send()
                     .await
                     .map(|r| r.status().as_u16() == 202)
@@ -176,6 +197,49 @@ pub async fn raw_insert_ceiling(
     let rate = rows as f64 / start.elapsed().as_secs_f64();
     pool.close().await;
     Ok(rate)
+}
+
+/// Messages per second that the store's own accept transaction
+/// ([`DeliveryStore::accept_messages`]: idempotency key, message, history entry and job per
+/// message) reaches on a fresh embedded store in `dir`, `batch` messages per transaction with
+/// `body_bytes`-byte texts, called directly — the ceiling for the HTTP accept path.
+pub async fn store_accept_ceiling(
+    dir: &Path,
+    messages: usize,
+    batch: usize,
+    body_bytes: usize,
+) -> Result<f64> {
+    let store = SqliteStore::open(&dir.join("accept-ceiling.db")).await?;
+    let payload = vec![b'x'; body_bytes];
+    let now = sealgate_server::store::now_millis();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < messages {
+        let take = batch.min(messages - n);
+        let chunk: Vec<NewMessage> = (n..n + take)
+            .map(|i| NewMessage {
+                message_id: format!("msg_{i:032}"),
+                tenant_id: "tn_bench".into(),
+                idempotency_key: format!("ceiling-{i}"),
+                request_hash: vec![0; 32],
+                recipient: format!("+1555600{:04}", i % 100),
+                class: MessageClass::Transactional,
+                channel: Channel::Sms,
+                kind: PayloadKind::Text,
+                group_id: None,
+                epoch: None,
+                payload: payload.clone(),
+                correlation_id: None,
+                accepted_at: now,
+                expires_at: None,
+            })
+            .collect();
+        for outcome in store.accept_messages(&chunk).await? {
+            outcome?;
+        }
+        n += take;
+    }
+    Ok(messages as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The `q`-quantile (0–1) of a Prometheus histogram given as cumulative `(upper bound, count)`

@@ -2,6 +2,8 @@
 //! over to `sealgate_server::Gateway`. Admin commands open the same data folder directly, so
 //! they work (and are scriptable, with JSON output) whether or not a server is running.
 
+// Links the library, and with it the global allocator (mimalloc).
+use sealgate as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

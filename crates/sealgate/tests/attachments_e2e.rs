@@ -326,7 +326,9 @@ fn attachments_at_chunk_boundaries_arrive_intact_and_the_server_sees_no_plaintex
     assert!(
         listed[0]["attachment"]["digest"]
             .as_str()
-            .is_some_and(|d| d.len() == 64)
+            .and_then(|d| d.strip_prefix("blake3:"))
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+        "the digest names its algorithm: {listed:?}"
     );
     assert!(listed[0]["attachment"].get("cek").is_none());
 

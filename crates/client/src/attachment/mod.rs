@@ -14,8 +14,8 @@ mod transfer;
 mod tests;
 
 pub use format::{
-    AttachmentError, AttachmentKey, DEFAULT_CHUNK_SIZE, Decryptor, Encryptor, Verified,
-    decrypt_stream, encrypt_stream, encrypt_stream_with,
+    AttachmentError, AttachmentKey, DEFAULT_CHUNK_SIZE, Decryptor, Encryptor, Threads, Verified,
+    decrypt_stream, decrypt_stream_with, encrypt_stream, encrypt_stream_with,
 };
 use serde::{Deserialize, Serialize};
 pub(crate) use transfer::PendingUpload;
@@ -36,7 +36,8 @@ pub struct AttachmentRef {
     /// Plaintext bytes.
     pub size: u64,
     pub media_type: String,
-    /// Hex SHA-256 of the plaintext.
+    /// BLAKE3 of the plaintext, `"blake3:<64 hex digits>"` (the algorithm is part of the
+    /// value, so a receiver refuses a digest it does not know instead of misreading it).
     pub digest: String,
     /// The content-encryption key (AES-256-GCM), base64.
     #[serde(with = "sealgate_proto::b64")]
@@ -71,7 +72,7 @@ impl AttachmentRef {
             name,
             size: key.size,
             media_type,
-            digest: hex::encode(key.plaintext_sha256),
+            digest: format::format_digest(&key.plaintext_digest),
             cek: key.cek.to_vec(),
             nonce_prefix: key.nonce_prefix.to_vec(),
             chunk_size: key.chunk_size,
@@ -92,17 +93,13 @@ impl AttachmentRef {
             .as_slice()
             .try_into()
             .map_err(|_| bad("nonce prefix length"))?;
-        let plaintext_sha256: [u8; 32] = hex::decode(&self.digest)
-            .ok()
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| bad("digest"))?;
+        let plaintext_digest = format::parse_digest(&self.digest)?;
         let key = AttachmentKey {
             cek,
             nonce_prefix,
             chunk_size: self.chunk_size,
             ciphertext_len: self.ciphertext_len,
-            ciphertext_sha256: None,
-            plaintext_sha256,
+            plaintext_digest,
             size: self.size,
         };
         // Validates the chunk size and that the lengths agree.

@@ -80,7 +80,7 @@ pub struct AttachmentReceipt {
     pub message_id: String,
     pub attachment_id: String,
     pub size: u64,
-    /// Hex SHA-256 of the plaintext.
+    /// BLAKE3 of the plaintext, `"blake3:<64 hex digits>"` (as sent in the message).
     pub digest: String,
     /// Ciphertext bytes that were already on the gateway from an earlier, interrupted run.
     pub resumed_from: u64,

@@ -25,6 +25,7 @@ pub mod signature;
 pub mod split;
 pub mod sqlite;
 mod sqlite_accept;
+pub(crate) mod sqlite_batch;
 pub mod sqlite_queue;
 pub mod store;
 pub mod transport;

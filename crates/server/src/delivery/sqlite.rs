@@ -10,9 +10,11 @@ use sealgate_proto::send::{
     Channel, MessageClass, MessageStatus, MessageView, StatusCallback, StatusEntry,
 };
 use sqlx::SqliteConnection;
+use tokio::sync::oneshot;
 
 use super::queue::JobKind;
 use super::sqlite_accept;
+use super::sqlite_batch::WriteOp;
 use super::store::{
     AcceptOutcome, DeliveryStore, InAppDelivery, InAppOutcome, NewMessage, OutboundMessage,
     PayloadKind, ReceiptOutcome, TenantCallback, Transition,
@@ -140,6 +142,80 @@ async fn apply_step(
         .await?;
     }
     Ok(())
+}
+
+/// See [`DeliveryStore::deliver_inapp`]; runs inside the caller's transaction.
+async fn deliver_inapp_in(
+    conn: &mut SqliteConnection,
+    d: &InAppDelivery,
+) -> Result<InAppOutcome, StoreError> {
+    let status: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM send_messages WHERE message_id = ?")
+            .bind(&d.message_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((status,)) = status else {
+        return Ok(InAppOutcome::UnknownMessage);
+    };
+    if parse_status(&status)?.rank() >= MessageStatus::Sent.rank() {
+        return Ok(InAppOutcome::AlreadyDelivered);
+    }
+    let mut pushed = Vec::new();
+    if !d.recipients.is_empty() {
+        let epoch = i64::try_from(d.epoch).map_err(|_| corrupt("epoch", d.epoch))?;
+        sqlx::query(
+            "INSERT INTO ds_messages (message_id, group_id, kind, epoch, sender_user, \
+             sender_device, bytes, size, received_at) \
+             VALUES (?, ?, 'application', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&d.message_id)
+        .bind(&d.group_id)
+        .bind(epoch)
+        .bind(&d.sender_user)
+        .bind(&d.sender_device)
+        .bind(&d.bytes)
+        .bind(d.bytes.len() as i64)
+        .bind(d.at)
+        .execute(&mut *conn)
+        .await?;
+        for device in &d.recipients {
+            sqlx::query("INSERT INTO ds_mailbox (device_id, message_id) VALUES (?, ?)")
+                .bind(device)
+                .bind(&d.message_id)
+                .execute(&mut *conn)
+                .await?;
+            let woken = sqlx::query(
+                "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, \
+                 not_before, created_at) \
+                 SELECT 'push', m.tenant_id, m.message_id, ?, ?, ? \
+                 FROM send_messages m, push_tokens p \
+                 WHERE m.message_id = ? AND p.device_id = ?",
+            )
+            .bind(device.as_bytes())
+            .bind(d.at)
+            .bind(d.at)
+            .bind(&d.message_id)
+            .bind(device)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if woken > 0 {
+                pushed.push(device.clone());
+            }
+        }
+    }
+    transition_in(
+        &mut *conn,
+        &Transition {
+            message_id: d.message_id.clone(),
+            status: MessageStatus::Sent,
+            reason: None,
+            at: d.at,
+            count_attempt: false,
+        },
+    )
+    .await?;
+    Ok(InAppOutcome::Delivered { pushed })
 }
 
 type MessageRow = (
@@ -277,82 +353,18 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn transition(&self, t: &Transition) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let moved = transition_in(&mut tx, t).await?;
-        tx.commit().await?;
-        Ok(moved)
+        let (reply, answer) = oneshot::channel();
+        let op = WriteOp::Transition {
+            t: t.clone(),
+            reply,
+        };
+        self.submit(op, answer).await
     }
 
     async fn deliver_inapp(&self, d: &InAppDelivery) -> Result<InAppOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let status: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM send_messages WHERE message_id = ?")
-                .bind(&d.message_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((status,)) = status else {
-            return Ok(InAppOutcome::UnknownMessage);
-        };
-        if parse_status(&status)?.rank() >= MessageStatus::Sent.rank() {
-            return Ok(InAppOutcome::AlreadyDelivered);
-        }
-        let mut pushed = Vec::new();
-        if !d.recipients.is_empty() {
-            let epoch = i64::try_from(d.epoch).map_err(|_| corrupt("epoch", d.epoch))?;
-            sqlx::query(
-                "INSERT INTO ds_messages (message_id, group_id, kind, epoch, sender_user, \
-                 sender_device, bytes, size, received_at) \
-                 VALUES (?, ?, 'application', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(&d.message_id)
-            .bind(&d.group_id)
-            .bind(epoch)
-            .bind(&d.sender_user)
-            .bind(&d.sender_device)
-            .bind(&d.bytes)
-            .bind(d.bytes.len() as i64)
-            .bind(d.at)
-            .execute(&mut *tx)
-            .await?;
-            for device in &d.recipients {
-                sqlx::query("INSERT INTO ds_mailbox (device_id, message_id) VALUES (?, ?)")
-                    .bind(device)
-                    .bind(&d.message_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let woken = sqlx::query(
-                    "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, \
-                     not_before, created_at) \
-                     SELECT 'push', m.tenant_id, m.message_id, ?, ?, ? \
-                     FROM send_messages m, push_tokens p \
-                     WHERE m.message_id = ? AND p.device_id = ?",
-                )
-                .bind(device.as_bytes())
-                .bind(d.at)
-                .bind(d.at)
-                .bind(&d.message_id)
-                .bind(device)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if woken > 0 {
-                    pushed.push(device.clone());
-                }
-            }
-        }
-        transition_in(
-            &mut tx,
-            &Transition {
-                message_id: d.message_id.clone(),
-                status: MessageStatus::Sent,
-                reason: None,
-                at: d.at,
-                count_attempt: false,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(InAppOutcome::Delivered { pushed })
+        let d = d.clone();
+        self.write_batched(move |conn| Box::pin(async move { deliver_inapp_in(conn, &d).await }))
+            .await
     }
 
     async fn carrier_receipt(
@@ -360,35 +372,13 @@ impl DeliveryStore for SqliteStore {
         event_id: &str,
         t: &Transition,
     ) -> Result<ReceiptOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let known: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM send_messages WHERE message_id = ?")
-                .bind(&t.message_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if known.is_none() {
-            return Ok(ReceiptOutcome::UnknownMessage);
-        }
-        let fresh = sqlx::query(
-            "INSERT INTO carrier_events (event_id, message_id, received_at) VALUES (?, ?, ?) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event_id)
-        .bind(&t.message_id)
-        .bind(t.at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if fresh == 0 {
-            return Ok(ReceiptOutcome::Duplicate);
-        }
-        let applied = transition_in(&mut tx, t).await?;
-        tx.commit().await?;
-        Ok(if applied {
-            ReceiptOutcome::Applied
-        } else {
-            ReceiptOutcome::Ignored
-        })
+        let (reply, answer) = oneshot::channel();
+        let op = WriteOp::Receipt {
+            event_id: event_id.to_owned(),
+            t: t.clone(),
+            reply,
+        };
+        self.submit(op, answer).await
     }
 
     async fn set_callback(
@@ -406,7 +396,7 @@ impl DeliveryStore for SqliteStore {
         .bind(&callback.url)
         .bind(&callback.secret)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -434,7 +424,7 @@ impl DeliveryStore for SqliteStore {
         .bind(device_id)
         .bind(token)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -467,7 +457,7 @@ impl DeliveryStore for SqliteStore {
         Ok(
             sqlx::query("DELETE FROM send_idempotency WHERE created_at < ?")
                 .bind(before_ms)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected(),
         )
@@ -504,7 +494,7 @@ mod tests {
              WHEN (SELECT recipient FROM send_messages WHERE message_id = NEW.message_id) \
              = '+15550000666' BEGIN SELECT RAISE(ABORT, 'injected'); END",
         )
-        .execute(&s.pool)
+        .execute(&s.writer)
         .await
         .unwrap();
         let out = s

@@ -12,6 +12,7 @@ use sealgate_proto::send::DeadLetter;
 
 use super::queue::{Job, JobKind, JobQueue, NewJob};
 use super::sqlite::{RETRY_WINDOW_EXHAUSTED, parse_status};
+use super::sqlite_batch::WriteOp;
 use crate::auth::random_id;
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
@@ -74,7 +75,7 @@ impl JobQueue for SqliteStore {
         .bind(job.payload.as_deref())
         .bind(job.not_before)
         .bind(job.not_before)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(id)
     }
@@ -100,34 +101,40 @@ impl JobQueue for SqliteStore {
         .bind(&token)
         .bind(now_ms)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         rows.into_iter().map(|r| job_from_row(r, &token)).collect()
     }
 
     async fn ack(&self, job: &Job) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM delivery_jobs WHERE job_id = ? AND lease_token = ?")
-            .bind(job.job_id)
-            .bind(&job.lease_token)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let op = WriteOp::Ack {
+            job_id: job.job_id,
+            lease_token: job.lease_token.clone(),
+            reply,
+        };
+        self.submit(op, answer).await
     }
 
     async fn retry(&self, job: &Job, not_before_ms: i64, error: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE delivery_jobs SET not_before = ?, lease_until = NULL, lease_token = NULL, \
-             last_error = ? WHERE job_id = ? AND lease_token = ?",
-        )
-        .bind(not_before_ms)
-        .bind(error)
-        .bind(job.job_id)
-        .bind(&job.lease_token)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n > 0)
+        let (job_id, token, error) = (job.job_id, job.lease_token.clone(), error.to_owned());
+        self.write_batched(move |conn| {
+            Box::pin(async move {
+                let n = sqlx::query(
+                    "UPDATE delivery_jobs SET not_before = ?, lease_until = NULL, \
+                     lease_token = NULL, last_error = ? WHERE job_id = ? AND lease_token = ?",
+                )
+                .bind(not_before_ms)
+                .bind(&error)
+                .bind(job_id)
+                .bind(&token)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                Ok(n > 0)
+            })
+        })
+        .await
     }
 
     async fn dead_letter(&self, job: &Job, reason: &str, now_ms: i64) -> Result<bool, StoreError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use sealgate_proto::send::{Channel, MessageStatus};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -39,7 +39,7 @@ pub struct WorkerContext {
     pub clock: Clock,
     /// How long a leased job stays invisible to other workers.
     pub lease: Duration,
-    /// Jobs leased (and run concurrently) per round.
+    /// Jobs a worker runs concurrently (and leases at most at once).
     pub batch: usize,
     /// How long an idle worker waits before looking again without a wake-up.
     pub poll: Duration,
@@ -81,17 +81,29 @@ impl WorkerPool {
 }
 
 async fn run_worker(ctx: Arc<WorkerContext>, name: String, mut stop: watch::Receiver<bool>) {
+    // Jobs run as separate tasks, up to `batch` at a time; a slot freed by a finished job is
+    // refilled at once, so one slow call never holds back the jobs leased with it.
+    let batch = ctx.batch.max(1);
+    let slots = Arc::new(Semaphore::new(batch));
     loop {
         if *stop.borrow() {
             break;
         }
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => continue,
+        };
         // Registered before leasing so an enqueue in between still wakes us.
         let notified = ctx.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let free = slots.available_permits() + 1;
         let jobs = match ctx
             .backend
-            .lease(&name, ctx.batch, ctx.lease, ctx.clock.now_ms())
+            .lease(&name, free, ctx.lease, ctx.clock.now_ms())
             .await
         {
             Ok(jobs) => jobs,
@@ -101,6 +113,7 @@ async fn run_worker(ctx: Arc<WorkerContext>, name: String, mut stop: watch::Rece
             }
         };
         if jobs.is_empty() {
+            drop(first);
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(ctx.poll) => {}
@@ -108,8 +121,28 @@ async fn run_worker(ctx: Arc<WorkerContext>, name: String, mut stop: watch::Rece
             }
             continue;
         }
-        join_all(jobs.into_iter().map(|job| process(&ctx, job))).await;
+        let mut first = Some(first);
+        for job in jobs {
+            // The lease asked for no more jobs than there were free slots, so this never
+            // waits; a leased job is never dropped here.
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                process(&ctx, job).await;
+                drop(permit);
+            });
+        }
     }
+    // Let the jobs in flight finish.
+    let _ = slots
+        .acquire_many(u32::try_from(batch).unwrap_or(u32::MAX))
+        .await;
 }
 
 async fn maintenance(ctx: Arc<WorkerContext>, mut stop: watch::Receiver<bool>) {

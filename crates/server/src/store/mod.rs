@@ -44,6 +44,9 @@ pub enum StoreError {
     /// The external job queue (NATS JetStream) failed or is unreachable.
     #[error("queue: {0}")]
     Queue(String),
+    /// A batched write's transaction failed as a whole (every write in it is undone).
+    #[error("batched write: {0}")]
+    Batch(String),
 }
 
 impl From<StoreError> for crate::error::ApiError {

@@ -2,23 +2,93 @@
 //! open. Area traits are implemented next to their area (`directory/sqlite.rs`, `ds/sqlite.rs`)
 //! on this one type.
 //!
-//! Writes that must be atomic run in `BEGIN IMMEDIATE` transactions so two writers never
-//! deadlock upgrading read locks. Blocking never happens on async threads: sqlx runs SQLite on
-//! its own worker thread.
+//! SQLite allows one writer at a time. Every write goes through one dedicated connection
+//! (`writer`, a pool of one), so the gateway's own writers queue in process, in order and
+//! without sleeping, instead of colliding on the database lock and backing off in SQLite's
+//! busy handler (which sleeps in 1–100 ms steps). Reads use their own pool (`pool`) and, in
+//! WAL mode, never wait for the writer. Writes that must be atomic run in `BEGIN IMMEDIATE`
+//! transactions so a writer never has to upgrade a read lock. Blocking never happens on async
+//! threads: sqlx runs SQLite on its own worker thread. Code here must never write through
+//! `pool` (it would still be correct, but would contend for the lock again).
+//!
+//! Small hot writes (the delivery workers' status changes and acks, carrier receipts, and any
+//! write given to [`SqliteStore::write_batched`]) go through one batching task
+//! (`delivery::sqlite_batch`): it takes every write waiting at that moment, applies them in
+//! one transaction with a few set-based statements, commits once and only then answers each
+//! caller.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use crate::delivery::sqlite_batch::{self, BatchOp, Finish, MAX_WRITE_BATCH, WriteOp};
 
 /// The SQLite store. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
+    /// Readers.
     pub(crate) pool: SqlitePool,
+    /// The one writing connection.
+    pub(crate) writer: SqlitePool,
+    batches: mpsc::Sender<WriteOp>,
+    /// The checkpoint task; stopped when the last clone is dropped.
+    _checkpoints: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// WAL frames (pages) above which a checkpoint waits for the writer to reset the WAL, so it
+/// cannot grow without bound when passive checkpoints never catch up.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Checkpoint the WAL from a connection of its own. With automatic checkpoints, the commit
+/// that crosses the threshold copies the WAL into the database and fsyncs it while every
+/// other write waits; here a passive checkpoint runs beside the writer on another thread and
+/// never blocks it.
+async fn run_checkpoints(conn: SqlitePool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let passive: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&conn)
+                .await;
+        match passive {
+            Ok((_, log, _)) if log > WAL_RESTART_FRAMES => {
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                    .execute(&conn)
+                    .await
+                {
+                    tracing::warn!(error = %e, "WAL restart checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("pool", &self.pool)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -33,17 +103,80 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // A write may wait behind a long batch; never fail it for queueing.
+            .acquire_timeout(Duration::from_secs(60))
+            // Checkpoints run on their own connection (below), not inside a commit.
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .connect_with(options.clone())
+            .await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        let (batches, rx) = mpsc::channel(MAX_WRITE_BATCH * 4);
+        tokio::spawn(sqlite_batch::run(writer.clone(), rx));
+        let checkpoints = Arc::new(AbortOnDrop(tokio::spawn(run_checkpoints(checkpointer))));
+        Ok(Self {
+            pool,
+            writer,
+            batches,
+            _checkpoints: checkpoints,
+        })
     }
 
-    /// Start a write transaction that holds the write lock from its first statement.
+    /// Run `write` on the writing connection inside a transaction shared with the other writes
+    /// waiting at the same moment, in its own savepoint: if it returns `Err`, its statements
+    /// are rolled back and the others' are not. Resolves after the commit. `write` must not
+    /// begin or end transactions itself.
+    pub(crate) async fn write_batched<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: BatchOp = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = write(conn).await;
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit| {
+                    let _ = reply.send(match commit {
+                        Ok(()) => result,
+                        Err(e) => Err(StoreError::Batch(e)),
+                    });
+                });
+                (ok, finish)
+            })
+        });
+        self.submit(WriteOp::General(op), answer).await
+    }
+
+    /// Hand `op` to the batcher and wait for its answer (sent after the batch's commit).
+    pub(crate) async fn submit<T>(
+        &self,
+        op: WriteOp,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.batches
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Batch("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Batch("the write was abandoned".into()))?
+    }
+
+    /// Start a write transaction on the writing connection; it holds the write lock from its
+    /// first statement.
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 }
 
