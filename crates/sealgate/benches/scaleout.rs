@@ -2,10 +2,14 @@
 //! (SQLite), measured in the same run on the same machine:
 //!
 //! * durable accepts/s: an api-role gateway (no workers) takes `MESSAGES` 1 KiB sends from
-//!   64 concurrent HTTP clients;
+//!   256 concurrent HTTP clients;
 //! * drain rate: then worker-role gateway instances start and deliver the backlog to the
 //!   carrier simulator; the rate is messages acknowledged by the carrier per second;
-//! * scale-out drain with one worker instance, then with two (on a fresh backlog).
+//! * scale-out drain with one worker instance, then with two (on a fresh backlog);
+//! * the same with a carrier that takes 50 ms per call and a transport limit of 32 calls in
+//!   flight per process — the usual case in production, where drain waits on the carrier
+//!   rather than on CPU, and where a second worker (instance here, process in production)
+//!   doubles the calls in flight.
 //!
 //! `cargo bench -p sealgate --bench scaleout` with `SEALGATE_TEST_POSTGRES_URL` and
 //! `SEALGATE_TEST_NATS_URL` set (without them only the embedded figures are printed). Worker
@@ -22,6 +26,11 @@ use sealgate_server::{Config, Gateway, Role};
 
 const MESSAGES: usize = 10_000;
 const BODY: usize = 1024;
+/// Concurrent senders (as in the accept bench).
+const SENDERS: usize = 256;
+/// Carrier latency and per-process transport limit of the I/O-bound scenario.
+const CARRIER_LATENCY_MS: u64 = 50;
+const TRANSPORT_CONCURRENCY: usize = 32;
 
 fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -81,7 +90,12 @@ async fn delivered(http: &reqwest::Client, urls: &[String]) -> Result<usize> {
 
 /// Accept a backlog on an api-only gateway, then drain it with `workers` worker instances.
 /// Returns (accepts/s, drained messages/s).
-async fn scenario(name: &str, config: &Config, worker_counts: &[usize]) -> Result<Vec<(f64, f64)>> {
+async fn scenario(
+    name: &str,
+    config: &Config,
+    worker_counts: &[usize],
+    messages: usize,
+) -> Result<Vec<(f64, f64)>> {
     let (api_gw, api) = start(config, Role::Api).await?;
     let tenant = api_gw.create_tenant(&format!("bench-{name}")).await?;
     let http = reqwest::Client::new();
@@ -91,8 +105,8 @@ async fn scenario(name: &str, config: &Config, worker_counts: &[usize]) -> Resul
         let report = run(LoadConfig {
             url: api.url.clone(),
             api_key: tenant.api_key.clone(),
-            count: MESSAGES,
-            concurrency: 64,
+            count: messages,
+            concurrency: SENDERS,
             body_size: BODY,
             recipients,
             channel: "sms".into(),
@@ -109,11 +123,11 @@ async fn scenario(name: &str, config: &Config, worker_counts: &[usize]) -> Resul
         }
         let urls: Vec<String> = running.iter().map(|r| r.url.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs(600);
-        while delivered(&http, &urls).await? < MESSAGES {
+        while delivered(&http, &urls).await? < messages {
             anyhow::ensure!(Instant::now() < deadline, "{name}: drain stalled");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let drain = MESSAGES as f64 / started.elapsed().as_secs_f64();
+        let drain = messages as f64 / started.elapsed().as_secs_f64();
         for r in running {
             stop(r).await?;
         }
@@ -149,7 +163,7 @@ async fn bench() -> Result<()> {
     )?;
     let mut embedded = Config::load(Some(&config_path))?;
     embedded.data_dir = dir.path().join("embedded");
-    let e = scenario("embedded", &embedded, &[1]).await?;
+    let e = scenario("embedded", &embedded, &[1], MESSAGES).await?;
 
     let pg = std::env::var("SEALGATE_TEST_POSTGRES_URL").ok();
     let nats = std::env::var("SEALGATE_TEST_NATS_URL").ok();
@@ -169,7 +183,32 @@ async fn bench() -> Result<()> {
     scale.queue.backend = sealgate_server::store::backend::QueueBackend::Nats;
     scale.queue.url = Some(nats.clone());
     scale.queue.stream = stream.clone();
-    let result = scenario("scale-out", &scale, &[1, 2]).await;
+    let mut result = scenario("scale-out", &scale, &[1, 2], MESSAGES).await;
+    let mut slow_carrier = Vec::new();
+    if result.is_ok() {
+        // The I/O-bound case: a slower carrier and a per-process transport limit.
+        let slow = Sim::new(SimConfig::from_toml_str(&format!(
+            "webhook_url = \"http://127.0.0.1:9/none\"\nwebhook_secret = \"bench\"\nseed = 1\n\
+             [default]\nsms = true\n[faults]\nlatency_ms = {CARRIER_LATENCY_MS}\n\
+             [receipts]\ndelivered_after_ms = 100000000\n"
+        ))?)?;
+        let slow_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let slow_url = format!("http://{}", slow_listener.local_addr()?);
+        let (stop_slow, slow_stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(sealgate_carrier_sim::serve(slow, slow_listener, async {
+            let _ = slow_stopped.await;
+        }));
+        let mut io_bound = scale.clone();
+        if let Some(sms) = io_bound.transports.sms.as_mut() {
+            sms.base_url = slow_url;
+            sms.concurrency = TRANSPORT_CONCURRENCY;
+        }
+        match scenario("scale-out, slow carrier", &io_bound, &[1, 2], MESSAGES / 2).await {
+            Ok(r) => slow_carrier = r,
+            Err(e) => result = Err(e),
+        }
+        let _ = stop_slow.send(());
+    }
     let _ = sealgate_server::store::postgres::PgStore::drop_schema(&pg, &schema).await;
     let _ = sealgate_server::delivery::nats::NatsQueue::delete_stream(&nats, &stream).await;
     let s = result?;
@@ -185,6 +224,15 @@ async fn bench() -> Result<()> {
         "scale-out drain: 1 worker instance {s_drain1:.0} msg/s, 2 worker instances {s_drain2:.0} msg/s ({:+.0} %)",
         100.0 * (s_drain2 / s_drain1 - 1.0)
     );
+    if let (Some(one), Some(two)) = (slow_carrier.first(), slow_carrier.get(1)) {
+        println!(
+            "scale-out drain, carrier {CARRIER_LATENCY_MS} ms per call, {TRANSPORT_CONCURRENCY} calls in flight per instance: \
+             1 worker instance {:.0} msg/s, 2 worker instances {:.0} msg/s ({:+.0} %)",
+            one.1,
+            two.1,
+            100.0 * (two.1 / one.1 - 1.0)
+        );
+    }
     let _ = stop_sim.send(());
     Ok(())
 }

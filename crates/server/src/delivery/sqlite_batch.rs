@@ -372,7 +372,7 @@ async fn apply(
     }
 
     // Acks: a job is removed only by the holder of its lease.
-    let mut acked: HashSet<i64> = HashSet::new();
+    let mut acked: HashSet<(i64, String)> = HashSet::new();
     for chunk in acks.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "DELETE FROM delivery_jobs WHERE (job_id, lease_token) IN (",
@@ -380,12 +380,177 @@ async fn apply(
         q.push_values(chunk, |mut b, (id, token)| {
             b.push_bind(*id).push_bind(*token);
         });
-        q.push(") RETURNING job_id");
-        let rows: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        acked.extend(rows.into_iter().map(|r| r.0));
+        q.push(") RETURNING job_id, lease_token");
+        let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        acked.extend(rows);
     }
-    for (answer, (id, _)) in answers.acks.iter_mut().zip(acks) {
-        *answer = acked.remove(id);
+    for (answer, (id, token)) in answers.acks.iter_mut().zip(acks) {
+        *answer = acked.remove(&(*id, (*token).to_owned()));
     }
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sealgate_proto::send::MessageStatus;
+
+    use super::super::conformance as c;
+    use super::super::queue::JobQueue;
+    use super::super::store::{DeliveryStore, ReceiptOutcome, TenantCallback, Transition};
+    use super::apply;
+    use crate::store::StoreError;
+    use crate::store::sqlite::SqliteStore;
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("b.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    fn step(id: &str, status: MessageStatus, at: i64, count_attempt: bool) -> Transition {
+        Transition {
+            message_id: id.into(),
+            status,
+            reason: None,
+            at,
+            count_attempt,
+        }
+    }
+
+    /// Several changes to one message inside one batch behave as if committed one after the
+    /// other, in arrival order: a receipt that overtakes `sent` implies it, a repeated event id
+    /// is a duplicate, a backward step is refused, and each change writes its callback job.
+    #[tokio::test]
+    async fn one_batch_applies_changes_in_arrival_order() {
+        let (_d, s) = open().await;
+        let m = c::message("k", 1, 0);
+        s.accept_messages(std::slice::from_ref(&m)).await.unwrap()[0]
+            .as_ref()
+            .unwrap();
+        let cb = TenantCallback {
+            url: "http://127.0.0.1:9/cb".into(),
+            secret: "s".into(),
+        };
+        s.set_callback(&m.tenant_id, &cb, 0).await.unwrap();
+        let id = m.message_id.as_str();
+        let sending = step(id, MessageStatus::Sending, 10, true);
+        let delivered = step(id, MessageStatus::Delivered, 20, false);
+        let late_sent = step(id, MessageStatus::Sent, 30, false);
+        let unknown = step("msg_unknown", MessageStatus::Delivered, 40, false);
+        // Arrival: sending, receipt ev1 (delivered), receipt ev1 again, late sent, receipt
+        // for an unknown message.
+        let order = [(false, 0), (true, 0), (true, 1), (false, 1), (true, 2)];
+        let mut tx = s.writer.begin().await.unwrap();
+        let answers = apply(
+            &mut tx,
+            &[&sending, &late_sent],
+            &[("ev1", &delivered), ("ev1", &delivered), ("ev2", &unknown)],
+            &order,
+            &[],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(answers.transitions, vec![true, false]);
+        assert_eq!(
+            answers.receipts,
+            vec![
+                ReceiptOutcome::Applied,
+                ReceiptOutcome::Duplicate,
+                ReceiptOutcome::UnknownMessage
+            ]
+        );
+        let view = s.message_view(&m.tenant_id, id).await.unwrap().unwrap();
+        let history: Vec<MessageStatus> = view.history.iter().map(|h| h.status).collect();
+        assert_eq!(
+            history,
+            vec![
+                MessageStatus::Queued,
+                MessageStatus::Sending,
+                MessageStatus::Sent,
+                MessageStatus::Delivered
+            ]
+        );
+        assert_eq!(view.status, MessageStatus::Delivered);
+        assert_eq!(view.attempts, 1);
+        // Callback jobs for sent (implied) and delivered, none for sending.
+        let (callbacks,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM delivery_jobs WHERE kind = 'callback'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(callbacks, 2);
+        // The payload of a delivered text is gone.
+        let (payload,): (Vec<u8>,) =
+            sqlx::query_as("SELECT payload FROM send_messages WHERE message_id = ?")
+                .bind(id)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert!(payload.is_empty());
+        // The event id stays known across batches.
+        assert_eq!(
+            s.carrier_receipt("ev1", &delivered).await.unwrap(),
+            ReceiptOutcome::Duplicate
+        );
+    }
+
+    /// Only the holder of a lease can ack its job, also when both acks share a batch.
+    #[tokio::test]
+    async fn acks_need_the_lease() {
+        let (_d, s) = open().await;
+        let m = c::message("k", 1, 0);
+        s.accept_messages(std::slice::from_ref(&m)).await.unwrap()[0]
+            .as_ref()
+            .unwrap();
+        let job = s
+            .lease("w", 1, Duration::from_secs(60), 0)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut forged = job.clone();
+        forged.lease_token = "w:forged".into();
+        let (a, b) = tokio::join!(s.ack(&forged), s.ack(&job));
+        assert!(!a.unwrap());
+        assert!(b.unwrap());
+        assert_eq!(s.depth().await.unwrap(), 0);
+        assert!(!s.ack(&job).await.unwrap(), "acked twice");
+    }
+
+    /// A general write that fails is undone alone; the writes batched with it commit.
+    #[tokio::test]
+    async fn a_failed_write_is_rolled_back_alone() {
+        let (_d, s) = open().await;
+        sqlx::query("CREATE TABLE t (x TEXT)")
+            .execute(&s.writer)
+            .await
+            .unwrap();
+        let insert = |x: &'static str, fail: bool| {
+            s.write_batched(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO t (x) VALUES (?)")
+                        .bind(x)
+                        .execute(&mut *conn)
+                        .await?;
+                    if fail {
+                        return Err(StoreError::Corrupt("injected".into()));
+                    }
+                    Ok(())
+                })
+            })
+        };
+        let (a, b, c2) = tokio::join!(insert("a", false), insert("b", true), insert("c", false));
+        assert!(a.is_ok() && c2.is_ok());
+        assert!(matches!(b, Err(StoreError::Corrupt(_))));
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT x FROM t ORDER BY x")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![("a".to_owned(),), ("c".to_owned(),)]);
+    }
 }

@@ -270,9 +270,20 @@ async fn process_send(ctx: &WorkerContext, job: &Job) -> Result<(), StoreError> 
             )
             .await;
         }
-        record(ctx, &m.message_id, MessageStatus::Sending, None, true).await?;
+        // `sending` is recorded while the call runs rather than before it: the call does not
+        // need it, and waiting for its commit would add a store round trip to every
+        // message's latency. If the process dies mid-call, the record may be missing; the
+        // job is leased again either way, and the message id lets the provider drop the
+        // repeat.
         let request = TransportRequest::Message(Box::new(m.clone()));
-        let Some(result) = call(ctx, transport, &request).await else {
+        let (recorded, result) = tokio::join!(
+            record(ctx, &m.message_id, MessageStatus::Sending, None, true),
+            call(ctx, transport, &request)
+        );
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record the attempt");
+        }
+        let Some(result) = result else {
             return finish(
                 ctx,
                 job,
