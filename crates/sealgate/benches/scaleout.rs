@@ -203,7 +203,7 @@ async fn bench() -> Result<()> {
             sms.base_url = slow_url;
             sms.concurrency = TRANSPORT_CONCURRENCY;
         }
-        match scenario("scale-out, slow carrier", &io_bound, &[1, 2], MESSAGES / 2).await {
+        match scenario("scale-out-slow-carrier", &io_bound, &[1, 2], MESSAGES / 2).await {
             Ok(r) => slow_carrier = r,
             Err(e) => result = Err(e),
         }

@@ -36,6 +36,9 @@ use tokio::task::JoinHandle;
 use super::queue::{Job, JobKind, JobQueue, NewJob};
 use crate::store::StoreError;
 
+/// Longest a job fetch may take before the worker goes on with what it has.
+const FETCH_LIMIT: Duration = Duration::from_secs(2);
+
 /// Durable consumer shared by every worker process.
 const CONSUMER: &str = "sealgate-workers";
 /// Outbox rows a relay publishes per round.
@@ -295,24 +298,34 @@ impl JobQueue for NatsQueue {
         _lease: Duration,
         _now_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(max.max(1))
-            .messages()
-            .await
-            .map_err(|e| queue_err("fetching jobs", e))?;
         let mut jobs = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| queue_err("fetching jobs", e))?;
-            match decode(&message) {
-                Ok(job) => jobs.push(job),
-                Err(e) => {
-                    // Not ours to run: stop its redelivery rather than loop on it.
-                    tracing::error!(error = %e, "undecodable job terminated");
-                    let _ = message.ack_with(AckKind::Term).await;
+        let fetch = async {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(max.max(1))
+                .messages()
+                .await
+                .map_err(|e| queue_err("fetching jobs", e))?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| queue_err("fetching jobs", e))?;
+                match decode(&message) {
+                    Ok(job) => jobs.push(job),
+                    Err(e) => {
+                        // Not ours to run: stop its redelivery rather than loop on it.
+                        tracing::error!(error = %e, "undecodable job terminated");
+                        let _ = message.ack_with(AckKind::Term).await;
+                    }
                 }
             }
+            Ok::<(), StoreError>(())
+        };
+        // A no-wait pull ends with the server's status message; if that never comes, the
+        // worker must not wait forever (it would never see a shutdown either). Jobs that
+        // arrived are run; any that arrive later are redelivered after the ack wait.
+        match tokio::time::timeout(FETCH_LIMIT, fetch).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(jobs = jobs.len(), "job fetch did not end; going on"),
         }
         let retried: Vec<i64> = jobs
             .iter()
