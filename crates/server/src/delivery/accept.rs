@@ -251,7 +251,8 @@ async fn writer(
                 }
             }
         }
-        wake.notify_waiters();
+        // One worker; it wakes the next if the batch holds more jobs than it can take.
+        wake.notify_one();
     }
 }
 

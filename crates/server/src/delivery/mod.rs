@@ -135,9 +135,10 @@ impl Delivery {
         self.inner.carrier_secret.as_deref()
     }
 
-    /// Wake idle workers (new jobs were enqueued).
+    /// Wake an idle worker (new jobs were enqueued); it wakes the next if it finds more
+    /// jobs than it can take.
     pub fn wake(&self) {
-        self.inner.wake.notify_waiters();
+        self.inner.wake.notify_one();
     }
 
     /// What workers run with.

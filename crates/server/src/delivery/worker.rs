@@ -121,6 +121,12 @@ async fn run_worker(ctx: Arc<WorkerContext>, name: String, mut stop: watch::Rece
             }
             continue;
         }
+        if jobs.len() >= free {
+            // There may be more: let another idle worker look too (wake-ups go to one worker
+            // at a time, so a burst spreads by this chain instead of every idle worker
+            // leasing, mostly for nothing, on every enqueue).
+            ctx.wake.notify_one();
+        }
         let mut first = Some(first);
         for job in jobs {
             // The lease asked for no more jobs than there were free slots, so this never
@@ -418,7 +424,7 @@ async fn record(
         .await?;
     if moved && status != MessageStatus::Sending {
         // Callback jobs may have been enqueued with the change.
-        ctx.wake.notify_waiters();
+        ctx.wake.notify_one();
     }
     Ok(moved)
 }
