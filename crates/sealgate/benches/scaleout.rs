@@ -1,22 +1,26 @@
 //! Scale-out mode (PostgreSQL store + NATS JetStream queue) next to the embedded default
 //! (SQLite), measured in the same run on the same machine:
 //!
-//! * durable accepts/s: an api-role gateway (no workers) takes `MESSAGES` 1 KiB sends from
-//!   256 concurrent HTTP clients;
-//! * drain rate: then worker-role gateway instances start and deliver the backlog to the
-//!   carrier simulator; the rate is messages acknowledged by the carrier per second;
-//! * scale-out drain with one worker instance, then with two (on a fresh backlog);
+//! * durable accepts/s: an api-role gateway (no workers, in this process) takes `MESSAGES`
+//!   1 KiB sends from 256 concurrent HTTP clients;
+//! * drain rate: then workers start and deliver the backlog to the carrier simulator; the
+//!   rate is messages acknowledged by the carrier per second, from the workers' start;
+//! * scale-out drain with one `sealgate serve --role worker` process, then with two (on a
+//!   fresh backlog); embedded drain with the worker-role gateway in this process (the
+//!   embedded store is one process by design);
 //! * the same with a carrier that takes 50 ms per call and a transport limit of 32 calls in
 //!   flight per process — the usual case in production, where drain waits on the carrier
-//!   rather than on CPU, and where a second worker (instance here, process in production)
-//!   doubles the calls in flight.
+//!   rather than on CPU, and where a second worker process doubles the calls in flight.
 //!
 //! `cargo bench -p sealgate --bench scaleout` with `SEALGATE_TEST_POSTGRES_URL` and
-//! `SEALGATE_TEST_NATS_URL` set (without them only the embedded figures are printed). Worker
-//! instances are gateways in this process sharing its 2 cores with the load generator, the
-//! api gateway, the simulator, PostgreSQL and NATS, so every figure is a floor and "two
-//! workers" measures the queue's ability to spread work, not extra CPU.
+//! `SEALGATE_TEST_NATS_URL` set (without them only the embedded figures are printed). The
+//! load generator, the api gateway, the worker processes, the simulator, PostgreSQL and NATS
+//! all share the 2 cores, so every figure is a floor, and a second worker process adds calls
+//! in flight but no CPU.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -88,11 +92,73 @@ async fn delivered(http: &reqwest::Client, urls: &[String]) -> Result<usize> {
     Ok(total as usize)
 }
 
-/// Accept a backlog on an api-only gateway, then drain it with `workers` worker instances.
+/// How the drain workers run.
+enum Workers {
+    /// Worker-role gateways inside this process (the embedded store is one process by design).
+    InProcess,
+    /// `sealgate serve --role worker` processes, each with this `sealgate.toml`.
+    Processes(String),
+}
+
+/// The `sealgate.toml` of a worker process on the scale-out services of `config`.
+fn worker_toml(config: &Config) -> Result<String> {
+    let sms = config.transports.sms.as_ref().context("no SMS transport")?;
+    Ok(format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nmigrate_on_start = false\n\
+         [queue]\nbackend = \"nats\"\nurl = \"{}\"\nstream = \"{}\"\n\
+         [delivery]\npoll_ms = 20\n\
+         [transports.sms]\nbase_url = \"{}\"\ntoken = \"sim-agent-token\"\nfrom = \"BENCH\"\n\
+         concurrency = {}\n",
+        config.store.url.as_deref().context("no PostgreSQL URL")?,
+        config.store.schema.as_deref().context("no schema")?,
+        config.queue.url.as_deref().context("no NATS URL")?,
+        config.queue.stream,
+        sms.base_url,
+        sms.concurrency,
+    ))
+}
+
+/// Start `sealgate serve --role worker` with `toml` in `data`; returns it and its URL once
+/// it prints its `listening on …` line.
+async fn spawn_worker(toml: String, data: PathBuf) -> Result<(Child, String)> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&data)?;
+        let config = data.join("sealgate.toml");
+        std::fs::write(&config, toml)?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealgate"))
+            .args([
+                "serve",
+                "--role",
+                "worker",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning sealgate")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_owned();
+        Ok((child, url))
+    })
+    .await?
+}
+
+/// Accept a backlog on an api-only gateway, then drain it with each count of workers.
 /// Returns (accepts/s, drained messages/s).
 async fn scenario(
     name: &str,
     config: &Config,
+    mode: &Workers,
     worker_counts: &[usize],
     messages: usize,
 ) -> Result<Vec<(f64, f64)>> {
@@ -117,11 +183,24 @@ async fn scenario(
         .await?;
         anyhow::ensure!(report.errors == 0, "{name}: {} sends failed", report.errors);
         let mut running = Vec::new();
+        let mut processes = Vec::new();
+        let mut urls = Vec::new();
         let started = Instant::now();
-        for _ in 0..workers {
-            running.push(start(config, Role::Worker).await?.1);
+        for n in 0..workers {
+            match mode {
+                Workers::InProcess => {
+                    let r = start(config, Role::Worker).await?.1;
+                    urls.push(r.url.clone());
+                    running.push(r);
+                }
+                Workers::Processes(toml) => {
+                    let data = config.data_dir.join(format!("worker-{round}-{n}"));
+                    let (child, url) = spawn_worker(toml.clone(), data).await?;
+                    urls.push(url);
+                    processes.push(child);
+                }
+            }
         }
-        let urls: Vec<String> = running.iter().map(|r| r.url.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs(600);
         while delivered(&http, &urls).await? < messages {
             anyhow::ensure!(Instant::now() < deadline, "{name}: drain stalled");
@@ -131,9 +210,20 @@ async fn scenario(
         for r in running {
             stop(r).await?;
         }
+        for mut child in processes {
+            // Everything is delivered and acked; nothing is lost by a kill.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         println!(
-            "{name}: {:.0} durable accepts/s (p50 {:.1} ms, p99 {:.1} ms); drain with {workers} worker instance(s): {drain:.0} msg/s",
-            report.accepts_per_sec, report.latency_p50_ms, report.latency_p99_ms
+            "{name}: {:.0} durable accepts/s (p50 {:.1} ms, p99 {:.1} ms); drain with {workers} worker {}: {drain:.0} msg/s",
+            report.accepts_per_sec,
+            report.latency_p50_ms,
+            report.latency_p99_ms,
+            match mode {
+                Workers::InProcess => "instance(s) in this process",
+                Workers::Processes(_) => "process(es)",
+            }
         );
         out.push((report.accepts_per_sec, drain));
     }
@@ -163,7 +253,7 @@ async fn bench() -> Result<()> {
     )?;
     let mut embedded = Config::load(Some(&config_path))?;
     embedded.data_dir = dir.path().join("embedded");
-    let e = scenario("embedded", &embedded, &[1], MESSAGES).await?;
+    let e = scenario("embedded", &embedded, &Workers::InProcess, &[1], MESSAGES).await?;
 
     let pg = std::env::var("SEALGATE_TEST_POSTGRES_URL").ok();
     let nats = std::env::var("SEALGATE_TEST_NATS_URL").ok();
@@ -183,7 +273,19 @@ async fn bench() -> Result<()> {
     scale.queue.backend = sealgate_server::store::backend::QueueBackend::Nats;
     scale.queue.url = Some(nats.clone());
     scale.queue.stream = stream.clone();
-    let mut result = scenario("scale-out", &scale, &[1, 2], MESSAGES).await;
+    let mut result = match worker_toml(&scale) {
+        Ok(toml) => {
+            scenario(
+                "scale-out",
+                &scale,
+                &Workers::Processes(toml),
+                &[1, 2],
+                MESSAGES,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let mut slow_carrier = Vec::new();
     if result.is_ok() {
         // The I/O-bound case: a slower carrier and a per-process transport limit.
@@ -203,7 +305,16 @@ async fn bench() -> Result<()> {
             sms.base_url = slow_url;
             sms.concurrency = TRANSPORT_CONCURRENCY;
         }
-        match scenario("scale-out-slow-carrier", &io_bound, &[1, 2], MESSAGES / 2).await {
+        let toml = worker_toml(&io_bound)?;
+        match scenario(
+            "scale-out-slow-carrier",
+            &io_bound,
+            &Workers::Processes(toml),
+            &[1, 2],
+            MESSAGES / 2,
+        )
+        .await
+        {
             Ok(r) => slow_carrier = r,
             Err(e) => result = Err(e),
         }
@@ -221,13 +332,13 @@ async fn bench() -> Result<()> {
         100.0 * s_drain1 / e_drain
     );
     println!(
-        "scale-out drain: 1 worker instance {s_drain1:.0} msg/s, 2 worker instances {s_drain2:.0} msg/s ({:+.0} %)",
+        "scale-out drain: 1 worker process {s_drain1:.0} msg/s, 2 worker processes {s_drain2:.0} msg/s ({:+.0} %)",
         100.0 * (s_drain2 / s_drain1 - 1.0)
     );
     if let (Some(one), Some(two)) = (slow_carrier.first(), slow_carrier.get(1)) {
         println!(
-            "scale-out drain, carrier {CARRIER_LATENCY_MS} ms per call, {TRANSPORT_CONCURRENCY} calls in flight per instance: \
-             1 worker instance {:.0} msg/s, 2 worker instances {:.0} msg/s ({:+.0} %)",
+            "scale-out drain, carrier {CARRIER_LATENCY_MS} ms per call, {TRANSPORT_CONCURRENCY} calls in flight per process: \
+             1 worker process {:.0} msg/s, 2 worker processes {:.0} msg/s ({:+.0} %)",
             one.1,
             two.1,
             100.0 * (two.1 / one.1 - 1.0)
