@@ -16,7 +16,9 @@
 //! payload bytes.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use sealgate_proto::send::MessageStatus;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -98,7 +100,9 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
             }
         }
         let mut finishes: Vec<Finish> = Vec::with_capacity(general.len());
-        let outcome: Result<Answers, StoreError> = async {
+        // A panic inside a write must not end this task (every later write would fail): it
+        // drops the transaction, which rolls the whole batch back, and fails the batch.
+        let batch = AssertUnwindSafe(async {
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
             for op in general {
                 sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
@@ -119,8 +123,13 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
             let answers = apply(&mut tx, &t, &r, &order, &a).await?;
             tx.commit().await?;
             Ok(answers)
-        }
-        .await;
+        });
+        let outcome: Result<Answers, StoreError> =
+            batch.catch_unwind().await.unwrap_or_else(|_| {
+                Err(StoreError::Batch(
+                    "a write panicked; the batch was rolled back".into(),
+                ))
+            });
         let failure = outcome.as_ref().err().map(ToString::to_string);
         if let Some(e) = &failure {
             tracing::error!(error = %e, "batched write failed; nothing of the batch was stored");
@@ -520,6 +529,47 @@ mod tests {
         assert!(b.unwrap());
         assert_eq!(s.depth().await.unwrap(), 0);
         assert!(!s.ack(&job).await.unwrap(), "acked twice");
+    }
+
+    /// A write that panics fails its batch but not the batcher: later writes still commit.
+    #[tokio::test]
+    async fn a_panicking_write_does_not_stop_the_batcher() {
+        let (_d, s) = open().await;
+        sqlx::query("CREATE TABLE t (x TEXT)")
+            .execute(&s.writer)
+            .await
+            .unwrap();
+        let panicked = s
+            .write_batched(|conn| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO t (x) VALUES ('lost')")
+                        .execute(&mut *conn)
+                        .await?;
+                    panic!("injected");
+                    #[allow(unreachable_code)]
+                    Ok(())
+                })
+            })
+            .await;
+        assert!(
+            matches!(panicked, Err(StoreError::Batch(_))),
+            "{panicked:?}"
+        );
+        s.write_batched(|conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO t (x) VALUES ('kept')")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT x FROM t")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![("kept".to_owned(),)]);
     }
 
     /// A general write that fails is undone alone; the writes batched with it commit.
