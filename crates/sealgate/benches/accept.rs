@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sealgate::load::{
-    LoadConfig, histogram_quantile, raw_insert_ceiling, run, scrape_histogram, store_accept_ceiling,
+    LoadConfig, delivered, histogram_quantile, raw_insert_ceiling, run, scrape_histogram,
+    store_accept_ceiling,
 };
 use sealgate_carrier_sim::{Sim, SimConfig};
 use sealgate_server::{Config, Gateway, Role};
@@ -173,16 +174,10 @@ async fn metrics(http: &reqwest::Client, url: &str) -> Result<String> {
 /// Wait until the carrier has acknowledged `total` messages (from the delivery counter).
 async fn wait_drained(http: &reqwest::Client, url: &str, total: usize) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let urls = [url.to_owned()];
     loop {
-        let text = metrics(http, url).await?;
-        let done: f64 = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("sealgate_delivery_total{") && l.contains("outcome=\"success\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if done as usize >= total {
+        let done = delivered(http, &urls).await?;
+        if done >= total {
             return Ok(());
         }
         anyhow::ensure!(

@@ -18,13 +18,16 @@
 //! all share the 2 cores, so every figure is a floor, and a second worker process adds calls
 //! in flight but no CPU.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sealgate::load::{LoadConfig, run};
+use sealgate::load::{LoadConfig, delivered, run};
+
+// The process helpers of the end-to-end tests (binary path, start and wait for readiness).
+#[path = "../tests/common/mod.rs"]
+mod common;
 use sealgate_carrier_sim::{Sim, SimConfig};
 use sealgate_server::{Config, Gateway, Role};
 
@@ -72,26 +75,6 @@ async fn stop(r: Running) -> Result<()> {
     Ok(())
 }
 
-async fn delivered(http: &reqwest::Client, urls: &[String]) -> Result<usize> {
-    let mut total = 0.0;
-    for url in urls {
-        let text = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        total += text
-            .lines()
-            .filter(|l| {
-                l.starts_with("sealgate_delivery_total{") && l.contains("outcome=\"success\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    Ok(total as usize)
-}
-
 /// How the drain workers run.
 enum Workers {
     /// Worker-role gateways inside this process (the embedded store is one process by design).
@@ -125,30 +108,19 @@ async fn spawn_worker(toml: String, data: PathBuf) -> Result<(Child, String)> {
         std::fs::create_dir_all(&data)?;
         let config = data.join("sealgate.toml");
         std::fs::write(&config, toml)?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sealgate"))
-            .args([
-                "serve",
-                "--role",
-                "worker",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning sealgate")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_owned();
-        Ok((child, url))
+        let mut cmd = Command::new(common::bin("sealgate"));
+        cmd.args([
+            "serve",
+            "--role",
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data);
+        Ok(common::spawn_ready(cmd, &data.join("worker.log")))
     })
     .await?
 }

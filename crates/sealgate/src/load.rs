@@ -242,6 +242,28 @@ pub async fn store_accept_ceiling(
     Ok(messages as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Messages the carrier acknowledged, summed over the gateways at `urls` (their
+/// `sealgate_delivery_total{outcome="success"}` counters).
+pub async fn delivered(http: &reqwest::Client, urls: &[String]) -> Result<usize> {
+    let mut total = 0.0;
+    for url in urls {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        total += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("sealgate_delivery_total{") && l.contains("outcome=\"success\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total as usize)
+}
+
 /// The `q`-quantile (0–1) of a Prometheus histogram given as cumulative `(upper bound, count)`
 /// buckets, interpolated linearly inside the bucket like PromQL's `histogram_quantile`.
 pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {

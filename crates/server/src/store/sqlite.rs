@@ -196,3 +196,41 @@ mod conformance {
 
     crate::store::conformance::backend_suite!(open);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteStore;
+
+    /// Commits never checkpoint (the writer's automatic checkpoint is off), so only the
+    /// background task moves committed pages from the WAL into the database file.
+    #[tokio::test]
+    async fn the_background_task_checkpoints_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let (auto,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma");
+        assert_eq!(auto, 0, "commits must not checkpoint");
+        sqlx::query("CREATE TABLE t (x BLOB)")
+            .execute(&store.writer)
+            .await
+            .expect("create");
+        // Let any checkpoint of the migrations pass, then measure.
+        tokio::time::sleep(super::CHECKPOINT_EVERY * 3).await;
+        let before = std::fs::metadata(&path).expect("db").len();
+        for _ in 0..16 {
+            sqlx::query("INSERT INTO t (x) VALUES (zeroblob(65536))")
+                .execute(&store.writer)
+                .await
+                .expect("insert");
+        }
+        tokio::time::sleep(super::CHECKPOINT_EVERY * 4).await;
+        let after = std::fs::metadata(&path).expect("db").len();
+        assert!(
+            after >= before + 16 * 65536,
+            "database file {before} → {after} bytes: the WAL was not checkpointed"
+        );
+    }
+}
