@@ -4,6 +4,7 @@
 
 // Links the library, and with it the global allocator (mimalloc).
 use sealgate as _;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -186,6 +187,8 @@ fn init_logging(format: &str) -> Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, not in files or log collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         "json" => builder.json().init(),

@@ -34,10 +34,27 @@ impl SecretKind {
     }
 }
 
-/// 128 random bits as lowercase hex: ids for tenants, devices, messages.
+/// 128 random bits as lowercase hex: ids for tenants, devices, uploads.
 pub fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     fill_random(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// A time-ordered id of the same length as [`random_id`]: 48 bits of Unix milliseconds, then 80
+/// random bits, as lowercase hex (the layout of a UUIDv7 or ULID). Message ids are the keys of
+/// the busiest indexes (messages, their history, their jobs): ids that sort by creation time
+/// are appended at the right edge of those B-trees, so an accept batch dirties a few pages
+/// instead of one page per message. Measured on the embedded store, random ids made every
+/// accept write about four extra 4 KiB pages to the WAL. The ids are not secrets; 80 random
+/// bits per millisecond keep them unguessable enough to be unique and not enumerable.
+pub fn time_ordered_id(prefix: &str) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    fill_random(&mut bytes[6..]);
     format!("{prefix}{}", hex::encode(bytes))
 }
 
@@ -228,6 +245,25 @@ impl FromRequestParts<AppState> for TenantOrDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_ordered_ids_sort_by_creation_and_stay_unique() {
+        let a = time_ordered_id("msg_");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = time_ordered_id("msg_");
+        assert!(a < b, "{a} !< {b}");
+        assert_eq!(a.len(), random_id("msg_").len());
+        // Within one millisecond the 80 random bits keep them distinct.
+        let burst: std::collections::HashSet<String> =
+            (0..10_000).map(|_| time_ordered_id("msg_")).collect();
+        assert_eq!(burst.len(), 10_000);
+        let millis = u64::from_str_radix(&b[4..16], 16).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - millis < 60_000, "the prefix is the creation time");
+    }
 
     #[test]
     fn secrets_are_prefixed_unique_and_hash_stably() {

@@ -168,6 +168,9 @@ fn make_span<B>(request: &Request<B>) -> Span {
         method = %request.method(),
         path = %path,
         request_id = %request_id,
+        // Filled in by handlers that create a message, so the one access-log line per
+        // request ties the request (= correlation) id to the message id.
+        message_id = tracing::field::Empty,
     )
 }
 

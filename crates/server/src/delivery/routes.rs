@@ -28,7 +28,7 @@ use super::store::{AcceptOutcome, NewMessage, ReceiptOutcome, TenantCallback, Tr
 use crate::AppState;
 use crate::api::extract::{Path, Query};
 use crate::api::json::Json;
-use crate::auth::{DeviceAuth, OperatorAuth, SecretKind, TenantAuth, new_secret, random_id};
+use crate::auth::{DeviceAuth, OperatorAuth, SecretKind, TenantAuth, new_secret, time_ordered_id};
 use crate::error::{ApiError, ApiResult};
 
 pub fn routes() -> Router<AppState> {
@@ -138,7 +138,7 @@ pub async fn send_message(
         .ttl_secs
         .map(|t| i64::try_from(t.saturating_mul(1000)).unwrap_or(i64::MAX));
     let message = NewMessage {
-        message_id: random_id("msg_"),
+        message_id: time_ordered_id("msg_"),
         tenant_id: tenant.clone(),
         idempotency_key: key.to_owned(),
         request_hash: prepared.request_hash,
@@ -160,7 +160,10 @@ pub async fn send_message(
                 .accepted
                 .with_label_values(&[tenant])
                 .inc();
-            tracing::info!(%message_id, channel = prepared.channel.as_str(), "message accepted");
+            // The access-log line of this request carries the id (one line per accept, not two:
+            // at 20k accepts/s, log formatting and writes were a tenth of the gateway's CPU).
+            tracing::Span::current().record("message_id", message_id.as_str());
+            tracing::debug!(%message_id, channel = prepared.channel.as_str(), "message accepted");
             if let Some(route) = &route {
                 state.policy().record(route);
             }

@@ -28,7 +28,7 @@ use super::store::{
 use crate::AppState;
 use crate::api::extract::{Path, Query};
 use crate::api::json::Json;
-use crate::auth::{DeviceAuth, random_id};
+use crate::auth::{DeviceAuth, time_ordered_id};
 use crate::error::{ApiError, ApiResult};
 use crate::store::now_millis;
 
@@ -379,7 +379,7 @@ pub async fn submit_commit(
         }
     }
     let message = |kind, bytes: Vec<u8>| StoredMessage {
-        message_id: random_id("msg_"),
+        message_id: time_ordered_id("msg_"),
         group_id: group_id.clone(),
         kind,
         epoch: applied.new_epoch,
@@ -462,7 +462,7 @@ pub async fn send_message(
     let epoch = engine::check_application(&req.message, &group_id_bytes)?;
     let size = req.message.len();
     let message = StoredMessage {
-        message_id: random_id("msg_"),
+        message_id: time_ordered_id("msg_"),
         group_id: group_id.clone(),
         kind: EventKind::Application,
         epoch,

@@ -23,7 +23,7 @@ use super::{LinkState, NewLink, OpenOutcome, Proof, code_hash, mask_phone, new_c
 use crate::AppState;
 use crate::api::extract::Path;
 use crate::api::json::Json;
-use crate::auth::{TenantAuth, random_id};
+use crate::auth::{TenantAuth, random_id, time_ordered_id};
 use crate::delivery::store::{AcceptOutcome, NewMessage, PayloadKind};
 use crate::error::{ApiError, ApiResult};
 use crate::store::now_millis;
@@ -324,7 +324,7 @@ pub async fn request_otp(
     );
     let delivery = state.delivery();
     let message = NewMessage {
-        message_id: random_id("msg_"),
+        message_id: time_ordered_id("msg_"),
         tenant_id: meta.tenant_id.clone(),
         idempotency_key: format!("link-otp:{link_id}:{}", meta.otp_sends + 1),
         request_hash: code_hash(&link_id, &format!("otp-request:{}", meta.otp_sends + 1))
