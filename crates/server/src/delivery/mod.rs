@@ -30,6 +30,7 @@ pub mod sqlite_queue;
 pub mod store;
 pub mod transport;
 pub mod worker;
+pub(crate) mod write_plan;
 
 use std::sync::Arc;
 use std::time::Duration;

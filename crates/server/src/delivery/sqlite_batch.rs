@@ -15,7 +15,7 @@
 //! savepoint, so one failing closure is undone alone. This module must never read or log
 //! payload bytes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
@@ -25,8 +25,9 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::JobKind;
-use super::sqlite::{callback_body, implied_sent, parse_status, wipes_payload};
+use super::sqlite::{callback_body, wipes_payload};
 use super::store::{ReceiptOutcome, Transition};
+use super::write_plan::{self, Plan};
 use crate::store::StoreError;
 
 /// Most writes committed together.
@@ -165,15 +166,6 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
-/// The state of one message as the batch goes.
-struct Current {
-    tenant_id: String,
-    status: MessageStatus,
-    /// Final values to write, if the status moved.
-    moved: Option<(MessageStatus, Option<String>, i64)>,
-    attempts: i64,
-}
-
 /// Apply the status changes, receipts and acks of one batch with set-based statements.
 async fn apply(
     conn: &mut SqliteConnection,
@@ -182,21 +174,9 @@ async fn apply(
     order: &[(bool, usize)],
     acks: &[(i64, &str)],
 ) -> Result<Answers, StoreError> {
-    let mut answers = Answers {
-        transitions: vec![false; transitions.len()],
-        receipts: vec![ReceiptOutcome::UnknownMessage; receipts.len()],
-        acks: vec![false; acks.len()],
-    };
-
     // The current status of every message the batch touches.
-    let mut ids: Vec<&str> = transitions
-        .iter()
-        .map(|t| t.message_id.as_str())
-        .chain(receipts.iter().map(|(_, t)| t.message_id.as_str()))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut state: HashMap<String, Current> = HashMap::with_capacity(ids.len());
+    let ids = write_plan::touched_ids(transitions, receipts);
+    let mut rows: Vec<(String, String, String)> = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT message_id, tenant_id, status FROM send_messages WHERE message_id IN (",
@@ -206,30 +186,13 @@ async fn apply(
             sep.push_bind(*id);
         }
         q.push(")");
-        let rows: Vec<(String, String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        for (id, tenant_id, status) in rows {
-            let status = parse_status(&status)?;
-            state.insert(
-                id,
-                Current {
-                    tenant_id,
-                    status,
-                    moved: None,
-                    attempts: 0,
-                },
-            );
-        }
+        rows.extend(q.build_query_as().fetch_all(&mut *conn).await?);
     }
+    let mut state = write_plan::state_from_rows(rows)?;
 
     // Receipts are applied once per event id: store the new ones.
     let mut fresh_events: HashSet<String> = HashSet::new();
-    let mut new_events: Vec<(&str, &Transition)> = Vec::new();
-    let mut seen: HashSet<&str> = HashSet::new();
-    for (event_id, t) in receipts {
-        if state.contains_key(t.message_id.as_str()) && seen.insert(event_id) {
-            new_events.push((event_id, t));
-        }
-    }
+    let new_events = write_plan::candidate_events(&state, receipts);
     for chunk in new_events.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO carrier_events (event_id, message_id, received_at) ",
@@ -245,47 +208,19 @@ async fn apply(
     }
 
     // Walk the changes in arrival order against the in-memory statuses.
-    let mut steps: Vec<(String, Transition)> = Vec::new();
-    for &(is_receipt, i) in order {
-        let t = if is_receipt {
-            let (event_id, t) = receipts[i];
-            if !state.contains_key(t.message_id.as_str()) {
-                continue; // UnknownMessage
-            }
-            // First occurrence of a fresh event id in the batch only.
-            if !fresh_events.remove(event_id) {
-                answers.receipts[i] = ReceiptOutcome::Duplicate;
-                continue;
-            }
-            answers.receipts[i] = ReceiptOutcome::Ignored;
-            t
-        } else {
-            transitions[i]
-        };
-        let Some(cur) = state.get_mut(t.message_id.as_str()) else {
-            continue;
-        };
-        if t.count_attempt {
-            cur.attempts += 1;
-        }
-        if !cur.status.can_move_to(t.status) {
-            continue;
-        }
-        if let Some(sent) = implied_sent(cur.status, t) {
-            steps.push((cur.tenant_id.clone(), sent));
-        }
-        steps.push((cur.tenant_id.clone(), t.clone()));
-        cur.status = t.status;
-        cur.moved = Some((t.status, t.reason.clone(), t.at));
-        if is_receipt {
-            answers.receipts[i] = ReceiptOutcome::Applied;
-        } else {
-            answers.transitions[i] = true;
-        }
-    }
+    let Plan {
+        steps,
+        transitions: moved,
+        receipts: receipt_outcomes,
+    } = write_plan::walk(&mut state, transitions, receipts, order, fresh_events);
+    let mut answers = Answers {
+        transitions: moved,
+        receipts: receipt_outcomes,
+        acks: vec![false; acks.len()],
+    };
 
     // Messages: final status (and payload wipe) and attempt counts, one row each.
-    let changed: Vec<(&String, &Current)> = state
+    let changed: Vec<(&String, &write_plan::Current)> = state
         .iter()
         .filter(|(_, c)| c.moved.is_some() || c.attempts > 0)
         .collect();
@@ -334,13 +269,7 @@ async fn apply(
     }
 
     // Callback jobs for tenants that registered a callback, written with their change.
-    let mut tenants: Vec<&str> = steps
-        .iter()
-        .filter(|(_, t)| t.status != MessageStatus::Sending)
-        .map(|(tenant, _)| tenant.as_str())
-        .collect();
-    tenants.sort_unstable();
-    tenants.dedup();
+    let tenants = write_plan::callback_tenants(&steps);
     if !tenants.is_empty() {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT tenant_id FROM tenant_callbacks WHERE tenant_id IN (",

@@ -10,8 +10,10 @@
 use async_trait::async_trait;
 use sealgate_proto::send::{Channel, MessageClass, MessageStatus, MessageView, StatusEntry};
 use sqlx::PgConnection;
+use tokio::sync::oneshot;
 
 use super::accept;
+use super::batch::PgWrite;
 
 use crate::delivery::queue::JobKind;
 use crate::delivery::sqlite::{callback_body, corrupt, implied_sent, parse_status, wipes_payload};
@@ -51,6 +53,41 @@ pub(crate) async fn transition_in(
     }
     apply_step(conn, &tenant_id, t).await?;
     Ok(true)
+}
+
+/// Record carrier receipt `event_id` for `t` inside the caller's transaction. See
+/// [`DeliveryStore::carrier_receipt`].
+pub(crate) async fn receipt_in(
+    conn: &mut PgConnection,
+    event_id: &str,
+    t: &Transition,
+) -> Result<ReceiptOutcome, StoreError> {
+    let known: Option<(i64,)> =
+        sqlx::query_as("SELECT 1::BIGINT FROM send_messages WHERE message_id = $1")
+            .bind(&t.message_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if known.is_none() {
+        return Ok(ReceiptOutcome::UnknownMessage);
+    }
+    let fresh = sqlx::query(
+        "INSERT INTO carrier_events (event_id, message_id, received_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(&t.message_id)
+    .bind(t.at)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if fresh == 0 {
+        return Ok(ReceiptOutcome::Duplicate);
+    }
+    Ok(if transition_in(conn, t).await? {
+        ReceiptOutcome::Applied
+    } else {
+        ReceiptOutcome::Ignored
+    })
 }
 
 /// Write one forward step: state, history entry, and the tenant's callback job.
@@ -237,10 +274,15 @@ impl DeliveryStore for PgStore {
     }
 
     async fn transition(&self, t: &Transition) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let moved = transition_in(&mut tx, t).await?;
-        tx.commit().await?;
-        Ok(moved)
+        let (reply, answer) = oneshot::channel();
+        self.submit(
+            PgWrite::Transition {
+                t: t.clone(),
+                reply,
+            },
+            answer,
+        )
+        .await
     }
 
     async fn deliver_inapp(&self, d: &InAppDelivery) -> Result<InAppOutcome, StoreError> {
@@ -316,35 +358,16 @@ impl DeliveryStore for PgStore {
         event_id: &str,
         t: &Transition,
     ) -> Result<ReceiptOutcome, StoreError> {
-        let mut tx = self.begin().await?;
-        let known: Option<(i64,)> =
-            sqlx::query_as("SELECT 1::BIGINT FROM send_messages WHERE message_id = $1")
-                .bind(&t.message_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if known.is_none() {
-            return Ok(ReceiptOutcome::UnknownMessage);
-        }
-        let fresh = sqlx::query(
-            "INSERT INTO carrier_events (event_id, message_id, received_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (event_id) DO NOTHING",
+        let (reply, answer) = oneshot::channel();
+        self.submit(
+            PgWrite::Receipt {
+                event_id: event_id.to_owned(),
+                t: t.clone(),
+                reply,
+            },
+            answer,
         )
-        .bind(event_id)
-        .bind(&t.message_id)
-        .bind(t.at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if fresh == 0 {
-            return Ok(ReceiptOutcome::Duplicate);
-        }
-        let applied = transition_in(&mut tx, t).await?;
-        tx.commit().await?;
-        Ok(if applied {
-            ReceiptOutcome::Applied
-        } else {
-            ReceiptOutcome::Ignored
-        })
+        .await
     }
 
     async fn set_callback(

@@ -10,6 +10,7 @@
 //! processes starting together apply them once.
 
 mod accept;
+mod batch;
 mod blobs;
 mod delivery;
 mod directory;
@@ -28,6 +29,8 @@ use super::StoreError;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    /// The write batcher for status changes and carrier receipts ([`batch`]).
+    writes: tokio::sync::mpsc::Sender<batch::PgWrite>,
 }
 
 /// How to connect.
@@ -80,7 +83,8 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect)
             .await?;
-        Ok(Self { pool })
+        let writes = batch::spawn(pool.clone());
+        Ok(Self { pool, writes })
     }
 
     /// Apply pending migrations (safe to run from many processes at once).
@@ -108,6 +112,21 @@ impl PgStore {
     /// The pool (for the NATS outbox relay and tests).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Hand `op` to the write batcher and wait for its answer (sent after its commit).
+    pub(crate) async fn submit<T>(
+        &self,
+        op: batch::PgWrite,
+        answer: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.writes
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Batch("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Batch("the write was abandoned".into()))?
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
