@@ -5,7 +5,8 @@
 //! Group commit is what lets SQLite reach the accept target: one transaction per request
 //! would pay one commit per message. Idempotency stays exact because a single writer decides
 //! every batch in order, and the store's primary key on (tenant, key) guards across
-//! processes. This module must never log a body or a full phone number.
+//! processes — and between the batches a server database may have in flight at once
+//! ([`DeliveryStore::accept_batches_in_flight`](super::store::DeliveryStore::accept_batches_in_flight)). This module must never log a body or a full phone number.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use aws_lc_rs::digest;
 use sealgate_proto::ErrorCode;
 use sealgate_proto::identity::{valid_e164, valid_user_id};
 use sealgate_proto::send::{Channel, MessageBody, SendRequest, TextChannel};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::metrics::Metrics;
 use super::store::{AcceptOutcome, DeliveryBackend, NewMessage, PayloadKind};
@@ -231,28 +232,50 @@ async fn writer(
     metrics: Metrics,
     wake: Arc<Notify>,
 ) {
+    // While every batch slot is busy, requests wait in the channel and the next batch grows.
+    let slots = Arc::new(Semaphore::new(backend.accept_batches_in_flight().max(1)));
     let mut buf: Vec<Pending> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut buf, max_batch).await > 0 {
-        let (messages, replies): (Vec<NewMessage>, Vec<_>) = buf.drain(..).unzip();
-        metrics.accept_batch.observe(messages.len() as f64);
-        match backend.accept_messages(&messages).await {
-            Ok(results) => {
-                for (result, reply) in results.into_iter().zip(replies) {
-                    let _ = reply.send(result.map_err(ApiError::from));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, batch = messages.len(), "accept batch failed");
-                for reply in replies {
-                    let _ = reply.send(Err(ApiError::new(
-                        ErrorCode::Internal,
-                        "the message was not stored; safe to retry",
-                    )));
-                }
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if rx.recv_many(&mut buf, max_batch).await == 0 {
+            break;
+        }
+        let batch: Vec<Pending> = std::mem::take(&mut buf);
+        let (backend, metrics, wake) = (backend.clone(), metrics.clone(), wake.clone());
+        tokio::spawn(async move {
+            store_batch(batch, &*backend, &metrics).await;
+            drop(slot);
+            // One worker; it wakes the next if the batch holds more jobs than it can take.
+            wake.notify_one();
+        });
+    }
+    // Let the batches in flight finish before the writer is gone.
+    let _ = slots
+        .acquire_many(u32::try_from(backend.accept_batches_in_flight().max(1)).unwrap_or(1))
+        .await;
+}
+
+/// Store one batch and answer each of its requests.
+async fn store_batch(batch: Vec<Pending>, backend: &dyn DeliveryBackend, metrics: &Metrics) {
+    let (messages, replies): (Vec<NewMessage>, Vec<_>) = batch.into_iter().unzip();
+    metrics.accept_batch.observe(messages.len() as f64);
+    match backend.accept_messages(&messages).await {
+        Ok(results) => {
+            for (result, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(result.map_err(ApiError::from));
             }
         }
-        // One worker; it wakes the next if the batch holds more jobs than it can take.
-        wake.notify_one();
+        Err(e) => {
+            tracing::error!(error = %e, batch = messages.len(), "accept batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the message was not stored; safe to retry",
+                )));
+            }
+        }
     }
 }
 
@@ -311,5 +334,67 @@ mod tests {
         assert!(!valid_idempotency_key(""));
         assert!(!valid_idempotency_key("has space"));
         assert!(!valid_idempotency_key("é"));
+    }
+
+    /// With several batches in flight (PostgreSQL), the same key sent twice at once lands in
+    /// different concurrent batches; the unique key must still give one message per key, the
+    /// other request answered from it.
+    #[tokio::test]
+    async fn concurrent_batches_keep_idempotency_exact() {
+        let Some(pg) =
+            crate::store::postgres::testing::fresh("concurrent_batches_keep_idempotency_exact")
+                .await
+        else {
+            return;
+        };
+        let store = Arc::new(pg.store.clone());
+        assert!(super::super::store::DeliveryStore::accept_batches_in_flight(&*store) > 1);
+        let acceptor = Acceptor::spawn(
+            store.clone(),
+            8,
+            Metrics::new().unwrap(),
+            Arc::new(Notify::new()),
+        );
+        // Keys in blocks of one batch, each block sent twice in a row: a key's two requests
+        // sit in neighbouring batches, which are in flight together.
+        let keys: Vec<usize> = (0..12)
+            .flat_map(|block| {
+                let block: Vec<usize> = (block * 8..block * 8 + 8).collect();
+                [block.clone(), block].concat()
+            })
+            .collect();
+        let sends = keys.iter().map(|k| {
+            let mut m = super::super::conformance::message(&format!("k{k}"), 7, 0);
+            m.tenant_id = "t1".into();
+            acceptor.accept(m)
+        });
+        let outcomes = futures::future::join_all(sends).await;
+        let mut accepted = std::collections::HashMap::new();
+        let mut replayed = Vec::new();
+        for (key, o) in keys.iter().zip(outcomes) {
+            match o.unwrap() {
+                AcceptOutcome::Accepted { message_id } => {
+                    assert!(
+                        accepted.insert(*key, message_id).is_none(),
+                        "key {key} twice"
+                    );
+                }
+                AcceptOutcome::Replayed { message_id } => replayed.push((*key, message_id)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(accepted.len(), 96);
+        assert_eq!(replayed.len(), 96);
+        for (key, id) in replayed {
+            assert_eq!(
+                accepted[&key], id,
+                "a replay answers with the stored message"
+            );
+        }
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM send_messages")
+            .fetch_one(&pg.store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 96);
     }
 }

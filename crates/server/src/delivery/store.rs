@@ -172,6 +172,14 @@ pub trait DeliveryStore: Send + Sync {
         batch: &[NewMessage],
     ) -> Result<Vec<Result<AcceptOutcome, StoreError>>, StoreError>;
 
+    /// How many accept batches the group-commit writer may have in flight at once. One for a
+    /// store with a single writer (SQLite: a second batch would only queue behind the first);
+    /// more for a server database, whose unique (tenant, key) constraint keeps idempotency
+    /// exact between concurrent batches just as it does between processes.
+    fn accept_batches_in_flight(&self) -> usize {
+        1
+    }
+
     /// Status and history of a message of `tenant_id` (never the body).
     async fn message_view(
         &self,

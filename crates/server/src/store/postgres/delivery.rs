@@ -217,6 +217,11 @@ impl DeliveryStore for PgStore {
         }
     }
 
+    /// Several: while one batch waits for its commit (a WAL flush), the next is written.
+    fn accept_batches_in_flight(&self) -> usize {
+        4
+    }
+
     async fn message_view(
         &self,
         tenant_id: &str,
