@@ -76,6 +76,26 @@ type DeadRow = (
     Option<i64>,
 );
 
+/// Outbox rows deleted in a transaction that is still open ([`Outbox::take_due`]).
+///
+/// [`Outbox::take_due`]: crate::delivery::nats::Outbox::take_due
+struct Taken {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    jobs: Vec<Job>,
+}
+
+#[async_trait]
+impl crate::delivery::nats::TakenJobs for Taken {
+    fn jobs(&self) -> &[Job] {
+        &self.jobs
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl JobQueue for PgStore {
     async fn enqueue(&self, job: &NewJob) -> Result<i64, StoreError> {
@@ -298,17 +318,30 @@ impl JobQueue for PgStore {
 
 #[async_trait]
 impl crate::delivery::nats::Outbox for PgStore {
-    async fn remove_published(&self, jobs: &[Job]) -> Result<(), StoreError> {
-        let Some(first) = jobs.first() else {
-            return Ok(());
-        };
-        let ids: Vec<i64> = jobs.iter().map(|j| j.job_id).collect();
-        sqlx::query("DELETE FROM delivery_jobs WHERE job_id = ANY($1) AND lease_token = $2")
-            .bind(&ids)
-            .bind(&first.lease_token)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn take_due(
+        &self,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<Box<dyn crate::delivery::nats::TakenJobs>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<JobRow> = sqlx::query_as(
+            "DELETE FROM delivery_jobs WHERE job_id IN (SELECT job_id FROM delivery_jobs \
+               WHERE not_before <= $1 ORDER BY not_before, job_id LIMIT $2 \
+               FOR UPDATE SKIP LOCKED) \
+             RETURNING job_id, kind, tenant_id, message_id, payload, attempts, created_at, \
+             last_error",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        // RETURNING has no order: oldest first (job ids grow with time).
+        let mut jobs = rows
+            .into_iter()
+            .map(|r| job_from_row(r, "relay"))
+            .collect::<Result<Vec<Job>, StoreError>>()?;
+        jobs.sort_by_key(|j| j.job_id);
+        Ok(Box::new(Taken { tx, jobs }))
     }
 
     async fn record_dead_letter(
@@ -364,5 +397,57 @@ impl crate::delivery::nats::Outbox for PgStore {
         .bind(job_ids)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::nats::Outbox;
+    use crate::store::postgres::testing::fresh;
+
+    fn job(n: i64) -> NewJob {
+        NewJob {
+            kind: JobKind::Callback,
+            tenant_id: "t1".into(),
+            message_id: None,
+            payload: Some(vec![n as u8]),
+            not_before: n,
+        }
+    }
+
+    /// Rows taken by a relay are invisible to another relay, come back when the relay gives
+    /// up (drops the batch: a failed publish) and are gone once it commits; rows not yet due
+    /// stay.
+    #[tokio::test]
+    async fn outbox_rows_are_taken_once_and_return_unless_committed() {
+        let Some(pg) = fresh("outbox_rows_are_taken_once_and_return_unless_committed").await else {
+            return;
+        };
+        let s = &pg.store;
+        for n in 1..=5 {
+            s.enqueue(&job(n)).await.unwrap();
+        }
+        s.enqueue(&job(1_000)).await.unwrap(); // not due at now = 100
+        let first = s.take_due(3, 100).await.unwrap();
+        let second = s.take_due(10, 100).await.unwrap();
+        let ids = |t: &dyn crate::delivery::nats::TakenJobs| -> Vec<u8> {
+            t.jobs()
+                .iter()
+                .map(|j| j.payload.as_ref().unwrap()[0])
+                .collect()
+        };
+        assert_eq!(ids(&*first), vec![1, 2, 3], "oldest first");
+        assert_eq!(ids(&*second), vec![4, 5], "skips rows another relay holds");
+        drop(first); // publish failed: the rows return
+        second.commit().await.unwrap();
+        let again = s.take_due(10, 100).await.unwrap();
+        assert_eq!(ids(&*again), vec![1, 2, 3]);
+        again.commit().await.unwrap();
+        assert_eq!(
+            s.depth().await.unwrap(),
+            1,
+            "only the job not yet due is left"
+        );
     }
 }
