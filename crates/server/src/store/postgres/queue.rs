@@ -325,9 +325,12 @@ impl crate::delivery::nats::Outbox for PgStore {
     ) -> Result<Box<dyn crate::delivery::nats::TakenJobs>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<JobRow> = sqlx::query_as(
-            "DELETE FROM delivery_jobs WHERE job_id IN (SELECT job_id FROM delivery_jobs \
+            // `= ANY(ARRAY(…))`, not `IN (…)`: the cached generic plan of `IN` joined against a
+            // sequential scan of the whole table, dead rows included — on a busy outbox that
+            // was most of PostgreSQL's work.
+            "DELETE FROM delivery_jobs WHERE job_id = ANY(ARRAY(SELECT job_id FROM delivery_jobs \
                WHERE not_before <= $1 ORDER BY not_before, job_id LIMIT $2 \
-               FOR UPDATE SKIP LOCKED) \
+               FOR UPDATE SKIP LOCKED)) \
              RETURNING job_id, kind, tenant_id, message_id, payload, attempts, created_at, \
              last_error",
         )
