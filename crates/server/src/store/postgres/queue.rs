@@ -123,12 +123,15 @@ impl JobQueue for PgStore {
     ) -> Result<Vec<Job>, StoreError> {
         let token = format!("{worker}:{}", random_id(""));
         let until = now_ms.saturating_add(millis(lease));
+        // The `= ANY(ARRAY(…))` condition is redundant with the join, but without it the cached
+        // generic plan hash-joined `picked` against a sequential scan of the whole table.
         let rows: Vec<(i64, JobRow)> = sqlx::query_as::<_, LeasedRow>(
             "WITH picked AS (SELECT job_id, not_before FROM delivery_jobs \
                WHERE not_before <= $3 ORDER BY not_before, job_id LIMIT $4 \
                FOR UPDATE SKIP LOCKED) \
              UPDATE delivery_jobs d SET not_before = $1, lease_until = $1, lease_token = $2, \
              attempts = d.attempts + 1 FROM picked WHERE d.job_id = picked.job_id \
+             AND d.job_id = ANY(ARRAY(SELECT job_id FROM picked)) \
              RETURNING picked.not_before, d.job_id, d.kind, d.tenant_id, d.message_id, \
              d.payload, d.attempts, d.created_at, d.last_error",
         )
