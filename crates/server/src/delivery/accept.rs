@@ -6,7 +6,9 @@
 //! would pay one commit per message. Idempotency stays exact because a single writer decides
 //! every batch in order, and the store's primary key on (tenant, key) guards across
 //! processes — and between the batches a server database may have in flight at once
-//! ([`DeliveryStore::accept_batches_in_flight`](super::store::DeliveryStore::accept_batches_in_flight)). This module must never log a body or a full phone number.
+//! ([`accept_batches_in_flight`]). This module must never log a body or a full phone number.
+//!
+//! [`accept_batches_in_flight`]: super::store::DeliveryStore::accept_batches_in_flight
 
 use std::sync::Arc;
 
@@ -363,11 +365,9 @@ mod tests {
                 [block.clone(), block].concat()
             })
             .collect();
-        let sends = keys.iter().map(|k| {
-            let mut m = super::super::conformance::message(&format!("k{k}"), 7, 0);
-            m.tenant_id = "t1".into();
-            acceptor.accept(m)
-        });
+        let sends = keys
+            .iter()
+            .map(|k| acceptor.accept(super::super::conformance::message(&format!("k{k}"), 7, 0)));
         let outcomes = futures::future::join_all(sends).await;
         let mut accepted = std::collections::HashMap::new();
         let mut replayed = Vec::new();
