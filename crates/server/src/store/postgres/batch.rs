@@ -107,17 +107,25 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<PgWrite>) {
                     if is_receipt {
                         if let Some((event_id, t, reply)) = receipts[i].take() {
                             let outcome =
-                                alone(&pool, async |c| receipt_in(c, &event_id, &t).await).await;
-                            let _ = reply.send(outcome);
+                                alone(&pool, async |c| receipt_in(c, &event_id, &t).await);
+                            let _ = reply.send(guarded(outcome).await);
                         }
                     } else if let Some((t, reply)) = transitions[i].take() {
-                        let moved = alone(&pool, async |c| transition_in(c, &t).await).await;
-                        let _ = reply.send(moved);
+                        let moved = alone(&pool, async |c| transition_in(c, &t).await);
+                        let _ = reply.send(guarded(moved).await);
                     }
                 }
             }
         }
     }
+}
+
+/// `write`'s result, or an error if it panicked (which must not end the batcher either).
+async fn guarded<T>(write: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    AssertUnwindSafe(write)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Batch("a write panicked".into())))
 }
 
 /// Run `write` in a transaction of its own (the fallback path).
