@@ -19,6 +19,7 @@ use super::store::{
     AcceptOutcome, DeliveryStore, InAppDelivery, InAppOutcome, NewMessage, OutboundMessage,
     PayloadKind, ReceiptOutcome, TenantCallback, Transition,
 };
+use super::write_plan::StatusWrite;
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
 
@@ -354,10 +355,10 @@ impl DeliveryStore for SqliteStore {
 
     async fn transition(&self, t: &Transition) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let op = WriteOp::Transition {
+        let op = WriteOp::Status(StatusWrite::Transition {
             t: t.clone(),
             reply,
-        };
+        });
         self.submit(op, answer).await
     }
 
@@ -373,11 +374,11 @@ impl DeliveryStore for SqliteStore {
         t: &Transition,
     ) -> Result<ReceiptOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let op = WriteOp::Receipt {
+        let op = WriteOp::Status(StatusWrite::Receipt {
             event_id: event_id.to_owned(),
             t: t.clone(),
             reply,
-        };
+        });
         self.submit(op, answer).await
     }
 

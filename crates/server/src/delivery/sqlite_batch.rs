@@ -20,14 +20,13 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sealgate_proto::send::MessageStatus;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::JobKind;
 use super::sqlite::{callback_body, wipes_payload};
 use super::store::{ReceiptOutcome, Transition};
-use super::write_plan::{self, Plan};
+use super::write_plan::{self, Plan, StatusBatch, StatusWrite};
 use crate::store::StoreError;
 
 /// Most writes committed together.
@@ -43,17 +42,8 @@ pub(crate) type BatchOp =
 
 /// One write waiting for the batcher.
 pub(crate) enum WriteOp {
-    /// [`super::store::DeliveryStore::transition`].
-    Transition {
-        t: Transition,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    /// [`super::store::DeliveryStore::carrier_receipt`].
-    Receipt {
-        event_id: String,
-        t: Transition,
-        reply: oneshot::Sender<Result<ReceiptOutcome, StoreError>>,
-    },
+    /// A status change or carrier receipt.
+    Status(StatusWrite),
     /// [`super::queue::JobQueue::ack`].
     Ack {
         job_id: i64,
@@ -77,22 +67,12 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
     let mut ops: Vec<WriteOp> = Vec::with_capacity(MAX_WRITE_BATCH);
     while rx.recv_many(&mut ops, MAX_WRITE_BATCH).await > 0 {
         let mut general = Vec::new();
-        let mut transitions = Vec::new();
-        let mut receipts = Vec::new();
+        let mut status = StatusBatch::default();
         let mut acks = Vec::new();
-        // Arrival order of the status-changing writes, as (is_receipt, index).
-        let mut order = Vec::new();
         for op in ops.drain(..) {
             match op {
                 WriteOp::General(op) => general.push(op),
-                WriteOp::Transition { t, reply } => {
-                    order.push((false, transitions.len()));
-                    transitions.push((t, reply));
-                }
-                WriteOp::Receipt { event_id, t, reply } => {
-                    order.push((true, receipts.len()));
-                    receipts.push((event_id, t, reply));
-                }
+                WriteOp::Status(write) => status.push(write),
                 WriteOp::Ack {
                     job_id,
                     lease_token,
@@ -114,14 +94,12 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
                 }
                 sqlx::query("RELEASE w").execute(&mut *tx).await?;
             }
-            let t: Vec<&Transition> = transitions.iter().map(|(t, _)| t).collect();
-            let r: Vec<(&str, &Transition)> =
-                receipts.iter().map(|(e, t, _)| (e.as_str(), t)).collect();
             let a: Vec<(i64, &str)> = acks
                 .iter()
                 .map(|(id, tok, _)| (*id, tok.as_str()))
                 .collect();
-            let answers = apply(&mut tx, &t, &r, &order, &a).await?;
+            let (t, r) = (status.transitions(), status.receipts());
+            let answers = apply(&mut tx, &t, &r, status.order(), &a).await?;
             tx.commit().await?;
             Ok(answers)
         });
@@ -141,23 +119,13 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
         let fail = || StoreError::Batch(failure.clone().unwrap_or_default());
         match outcome {
             Ok(answers) => {
-                for ((_, reply), moved) in transitions.into_iter().zip(answers.transitions) {
-                    let _ = reply.send(Ok(moved));
-                }
-                for ((_, _, reply), outcome) in receipts.into_iter().zip(answers.receipts) {
-                    let _ = reply.send(Ok(outcome));
-                }
+                status.answer(answers.transitions, answers.receipts);
                 for ((_, _, reply), acked) in acks.into_iter().zip(answers.acks) {
                     let _ = reply.send(Ok(acked));
                 }
             }
             Err(_) => {
-                for (_, reply) in transitions {
-                    let _ = reply.send(Err(fail()));
-                }
-                for (_, _, reply) in receipts {
-                    let _ = reply.send(Err(fail()));
-                }
+                status.fail(fail);
                 for (_, _, reply) in acks {
                     let _ = reply.send(Err(fail()));
                 }
@@ -269,7 +237,11 @@ async fn apply(
     }
 
     // Callback jobs for tenants that registered a callback, written with their change.
-    let tenants = write_plan::callback_tenants(&steps);
+    let mut tenants: Vec<&str> = write_plan::reported(&steps)
+        .map(|(tenant, _)| tenant.as_str())
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
     if !tenants.is_empty() {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT tenant_id FROM tenant_callbacks WHERE tenant_id IN (",
@@ -286,11 +258,8 @@ async fn apply(
             .into_iter()
             .map(|r| r.0)
             .collect();
-        let jobs: Vec<&(String, Transition)> = steps
-            .iter()
-            .filter(|(tenant, t)| {
-                t.status != MessageStatus::Sending && with_callback.contains(tenant)
-            })
+        let jobs: Vec<&(String, Transition)> = write_plan::reported(&steps)
+            .filter(|(tenant, _)| with_callback.contains(tenant))
             .collect();
         for chunk in jobs.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(

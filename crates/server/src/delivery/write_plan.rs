@@ -9,10 +9,110 @@
 use std::collections::{HashMap, HashSet};
 
 use sealgate_proto::send::MessageStatus;
+use tokio::sync::oneshot;
 
 use super::sqlite::{implied_sent, parse_status};
 use super::store::{ReceiptOutcome, Transition};
 use crate::store::StoreError;
+
+/// A status change or carrier receipt waiting for a write batcher, with its caller's answer.
+pub(crate) enum StatusWrite {
+    /// [`super::store::DeliveryStore::transition`].
+    Transition {
+        t: Transition,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// [`super::store::DeliveryStore::carrier_receipt`].
+    Receipt {
+        event_id: String,
+        t: Transition,
+        reply: oneshot::Sender<Result<ReceiptOutcome, StoreError>>,
+    },
+}
+
+type TransitionReply = oneshot::Sender<Result<bool, StoreError>>;
+type ReceiptReply = oneshot::Sender<Result<ReceiptOutcome, StoreError>>;
+
+/// The status writes of one batch, split by kind, with their arrival order.
+#[derive(Default)]
+pub(crate) struct StatusBatch {
+    transitions: Vec<(Transition, TransitionReply)>,
+    receipts: Vec<(String, Transition, ReceiptReply)>,
+    /// `(is_receipt, index)` in arrival order.
+    order: Vec<(bool, usize)>,
+}
+
+impl StatusBatch {
+    pub fn push(&mut self, write: StatusWrite) {
+        match write {
+            StatusWrite::Transition { t, reply } => {
+                self.order.push((false, self.transitions.len()));
+                self.transitions.push((t, reply));
+            }
+            StatusWrite::Receipt { event_id, t, reply } => {
+                self.order.push((true, self.receipts.len()));
+                self.receipts.push((event_id, t, reply));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn transitions(&self) -> Vec<&Transition> {
+        self.transitions.iter().map(|(t, _)| t).collect()
+    }
+
+    pub fn receipts(&self) -> Vec<(&str, &Transition)> {
+        self.receipts
+            .iter()
+            .map(|(e, t, _)| (e.as_str(), t))
+            .collect()
+    }
+
+    pub fn order(&self) -> &[(bool, usize)] {
+        &self.order
+    }
+
+    /// Answer every caller from the committed batch's walk.
+    pub fn answer(self, transitions: Vec<bool>, receipts: Vec<ReceiptOutcome>) {
+        for ((_, reply), moved) in self.transitions.into_iter().zip(transitions) {
+            let _ = reply.send(Ok(moved));
+        }
+        for ((_, _, reply), outcome) in self.receipts.into_iter().zip(receipts) {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// Answer every caller with an error (the batch was not stored).
+    pub fn fail(self, error: impl Fn() -> StoreError) {
+        for (_, reply) in self.transitions {
+            let _ = reply.send(Err(error()));
+        }
+        for (_, _, reply) in self.receipts {
+            let _ = reply.send(Err(error()));
+        }
+    }
+
+    /// The writes again, one by one in arrival order (to retry them alone).
+    pub fn into_arrival_order(self) -> Vec<StatusWrite> {
+        let mut transitions: Vec<_> = self.transitions.into_iter().map(Some).collect();
+        let mut receipts: Vec<_> = self.receipts.into_iter().map(Some).collect();
+        self.order
+            .iter()
+            .filter_map(|&(is_receipt, i)| {
+                if is_receipt {
+                    let (event_id, t, reply) = receipts[i].take()?;
+                    Some(StatusWrite::Receipt { event_id, t, reply })
+                } else {
+                    let (t, reply) = transitions[i].take()?;
+                    Some(StatusWrite::Transition { t, reply })
+                }
+            })
+            .collect()
+    }
+}
 
 /// The state of one message as the batch goes.
 pub(crate) struct Current {
@@ -139,15 +239,11 @@ pub(crate) fn walk(
     plan
 }
 
-/// Tenants (sorted, distinct) whose steps would produce a status callback (`sending` never
-/// does).
-pub(crate) fn callback_tenants(steps: &[(String, Transition)]) -> Vec<&str> {
-    let mut tenants: Vec<&str> = steps
+/// The steps that produce a status callback (`sending` never does), with their tenant.
+pub(crate) fn reported(
+    steps: &[(String, Transition)],
+) -> impl Iterator<Item = &(String, Transition)> {
+    steps
         .iter()
         .filter(|(_, t)| t.status != MessageStatus::Sending)
-        .map(|(tenant, _)| tenant.as_str())
-        .collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    tenants
 }

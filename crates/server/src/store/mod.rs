@@ -60,6 +60,22 @@ pub fn now_secs() -> i64 {
     now_millis() / 1000
 }
 
+/// Hand `op` to a write batcher (SQLite's or PostgreSQL's) and wait for its answer, which the
+/// batcher sends after the batch's commit.
+pub(crate) async fn submit_write<Op, T>(
+    batcher: &tokio::sync::mpsc::Sender<Op>,
+    op: Op,
+    answer: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    batcher
+        .send(op)
+        .await
+        .map_err(|_| StoreError::Batch("the store is closed".into()))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Batch("the write was abandoned".into()))?
+}
+
 /// Current Unix time in milliseconds.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

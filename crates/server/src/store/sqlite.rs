@@ -164,13 +164,7 @@ impl SqliteStore {
         op: WriteOp,
         answer: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.batches
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Batch("the store is closed".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Batch("the write was abandoned".into()))?
+        super::submit_write(&self.batches, op, answer).await
     }
 
     /// Start a write transaction on the writing connection; it holds the write lock from its

@@ -19,100 +19,63 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::delivery::{receipt_in, transition_in};
 use crate::delivery::queue::JobKind;
 use crate::delivery::sqlite::{callback_body, wipes_payload};
-use crate::delivery::store::{ReceiptOutcome, Transition};
-use crate::delivery::write_plan::{self, Plan};
+use crate::delivery::store::Transition;
+use crate::delivery::write_plan::{self, Plan, StatusBatch, StatusWrite};
 use crate::store::StoreError;
 
 /// Most writes committed together.
 pub(crate) const MAX_WRITE_BATCH: usize = 512;
 
-/// One write waiting for the batcher.
-pub(crate) enum PgWrite {
-    /// [`crate::delivery::store::DeliveryStore::transition`].
-    Transition {
-        t: Transition,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    /// [`crate::delivery::store::DeliveryStore::carrier_receipt`].
-    Receipt {
-        event_id: String,
-        t: Transition,
-        reply: oneshot::Sender<Result<ReceiptOutcome, StoreError>>,
-    },
-}
-
 /// Start the batcher on `pool`; it runs until every sender is dropped.
-pub(crate) fn spawn(pool: PgPool) -> mpsc::Sender<PgWrite> {
+pub(crate) fn spawn(pool: PgPool) -> mpsc::Sender<StatusWrite> {
     let (tx, rx) = mpsc::channel(MAX_WRITE_BATCH * 4);
     tokio::spawn(run(pool, rx));
     tx
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::Receiver<PgWrite>) {
-    let mut ops: Vec<PgWrite> = Vec::with_capacity(MAX_WRITE_BATCH);
-    while rx.recv_many(&mut ops, MAX_WRITE_BATCH).await > 0 {
-        let mut transitions = Vec::new();
-        let mut receipts = Vec::new();
-        let mut order = Vec::new();
-        for op in ops.drain(..) {
-            match op {
-                PgWrite::Transition { t, reply } => {
-                    order.push((false, transitions.len()));
-                    transitions.push((t, reply));
-                }
-                PgWrite::Receipt { event_id, t, reply } => {
-                    order.push((true, receipts.len()));
-                    receipts.push((event_id, t, reply));
-                }
-            }
+async fn run(pool: PgPool, mut rx: mpsc::Receiver<StatusWrite>) {
+    let mut writes: Vec<StatusWrite> = Vec::with_capacity(MAX_WRITE_BATCH);
+    while rx.recv_many(&mut writes, MAX_WRITE_BATCH).await > 0 {
+        let mut status = StatusBatch::default();
+        for write in writes.drain(..) {
+            status.push(write);
         }
-        let t: Vec<&Transition> = transitions.iter().map(|(t, _)| t).collect();
-        let r: Vec<(&str, &Transition)> =
-            receipts.iter().map(|(e, t, _)| (e.as_str(), t)).collect();
+        let (t, r) = (status.transitions(), status.receipts());
         // A panic must not end this task (every later write would hang): it drops the
         // transaction, which rolls the batch back, and the changes are retried alone.
         let batch = AssertUnwindSafe(async {
             let mut tx = pool.begin().await?;
-            let plan = apply(&mut tx, &t, &r, &order).await?;
+            let plan = apply(&mut tx, &t, &r, status.order()).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(plan)
         })
         .catch_unwind()
         .await;
         match batch {
-            Ok(Ok(plan)) => {
-                for ((_, reply), moved) in transitions.into_iter().zip(plan.transitions) {
-                    let _ = reply.send(Ok(moved));
-                }
-                for ((_, _, reply), outcome) in receipts.into_iter().zip(plan.receipts) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
+            Ok(Ok(plan)) => status.answer(plan.transitions, plan.receipts),
             failed => {
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => "a write panicked".to_owned(),
                 };
-                tracing::warn!(error = %why, writes = order.len(),
+                tracing::warn!(error = %why, writes = status.len(),
                                "batched status write failed; retrying each change alone");
-                // Arrival order again, one transaction each.
-                let mut transitions: Vec<_> = transitions.into_iter().map(Some).collect();
-                let mut receipts: Vec<_> = receipts.into_iter().map(Some).collect();
-                for (is_receipt, i) in order {
-                    if is_receipt {
-                        if let Some((event_id, t, reply)) = receipts[i].take() {
+                for write in status.into_arrival_order() {
+                    match write {
+                        StatusWrite::Receipt { event_id, t, reply } => {
                             let outcome =
                                 alone(&pool, async |c| receipt_in(c, &event_id, &t).await);
                             let _ = reply.send(guarded(outcome).await);
                         }
-                    } else if let Some((t, reply)) = transitions[i].take() {
-                        let moved = alone(&pool, async |c| transition_in(c, &t).await);
-                        let _ = reply.send(guarded(moved).await);
+                        StatusWrite::Transition { t, reply } => {
+                            let moved = alone(&pool, async |c| transition_in(c, &t).await);
+                            let _ = reply.send(guarded(moved).await);
+                        }
                     }
                 }
             }
@@ -254,12 +217,8 @@ async fn apply(
         .execute(&mut *conn)
         .await?;
 
-        if !write_plan::callback_tenants(&plan.steps).is_empty() {
-            let reported: Vec<&(String, Transition)> = plan
-                .steps
-                .iter()
-                .filter(|(_, t)| t.status != sealgate_proto::send::MessageStatus::Sending)
-                .collect();
+        let reported: Vec<&(String, Transition)> = write_plan::reported(&plan.steps).collect();
+        if !reported.is_empty() {
             let tenants: Vec<&str> = reported.iter().map(|(tn, _)| tn.as_str()).collect();
             let ids: Vec<&str> = reported
                 .iter()
@@ -290,10 +249,11 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use sealgate_proto::send::MessageStatus;
+    use tokio::sync::oneshot;
 
     use super::*;
     use crate::delivery::conformance as c;
-    use crate::delivery::store::{DeliveryStore, TenantCallback};
+    use crate::delivery::store::{DeliveryStore, ReceiptOutcome, TenantCallback};
     use crate::store::postgres::PgStore;
     use crate::store::postgres::testing::fresh;
 
@@ -405,13 +365,13 @@ mod tests {
         let (r1, a1) = oneshot::channel();
         let (r2, a2) = oneshot::channel();
         let (r3, a3) = oneshot::channel();
-        tx.send(PgWrite::Transition { t: good, reply: r1 })
+        tx.send(StatusWrite::Transition { t: good, reply: r1 })
             .await
             .unwrap();
-        tx.send(PgWrite::Transition { t: bad, reply: r2 })
+        tx.send(StatusWrite::Transition { t: bad, reply: r2 })
             .await
             .unwrap();
-        tx.send(PgWrite::Receipt {
+        tx.send(StatusWrite::Receipt {
             event_id: "ev".into(),
             t: receipt,
             reply: r3,

@@ -13,7 +13,6 @@ use sqlx::PgConnection;
 use tokio::sync::oneshot;
 
 use super::accept;
-use super::batch::PgWrite;
 
 use crate::delivery::queue::JobKind;
 use crate::delivery::sqlite::{callback_body, corrupt, implied_sent, parse_status, wipes_payload};
@@ -21,6 +20,7 @@ use crate::delivery::store::{
     AcceptOutcome, DeliveryStore, InAppDelivery, InAppOutcome, NewMessage, OutboundMessage,
     PayloadKind, ReceiptOutcome, TenantCallback, Transition,
 };
+use crate::delivery::write_plan::StatusWrite;
 use crate::store::StoreError;
 use crate::store::postgres::{PgStore, push_mailboxes};
 
@@ -281,7 +281,7 @@ impl DeliveryStore for PgStore {
     async fn transition(&self, t: &Transition) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(
-            PgWrite::Transition {
+            StatusWrite::Transition {
                 t: t.clone(),
                 reply,
             },
@@ -365,7 +365,7 @@ impl DeliveryStore for PgStore {
     ) -> Result<ReceiptOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(
-            PgWrite::Receipt {
+            StatusWrite::Receipt {
                 event_id: event_id.to_owned(),
                 t: t.clone(),
                 reply,

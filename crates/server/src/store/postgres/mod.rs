@@ -24,13 +24,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::StoreError;
+use crate::delivery::write_plan::StatusWrite;
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
     /// The write batcher for status changes and carrier receipts ([`batch`]).
-    writes: tokio::sync::mpsc::Sender<batch::PgWrite>,
+    writes: tokio::sync::mpsc::Sender<StatusWrite>,
 }
 
 /// How to connect.
@@ -114,19 +115,13 @@ impl PgStore {
         &self.pool
     }
 
-    /// Hand `op` to the write batcher and wait for its answer (sent after its commit).
+    /// Hand `write` to the write batcher and wait for its answer (sent after its commit).
     pub(crate) async fn submit<T>(
         &self,
-        op: batch::PgWrite,
+        write: StatusWrite,
         answer: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.writes
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Batch("the store is closed".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Batch("the write was abandoned".into()))?
+        super::submit_write(&self.writes, write, answer).await
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
