@@ -93,7 +93,16 @@ pub async fn idempotency_inside_and_across_batches(b: &dyn DeliveryBackend) {
         .unwrap()
         .unwrap();
     assert_eq!(v.status, MessageStatus::Queued);
+    // The `queued` entry is the row's acceptance time (not a stored history row).
     assert_eq!(v.history.len(), 1);
+    assert_eq!(
+        (
+            v.history[0].status,
+            v.history[0].at,
+            v.history[0].reason.as_deref()
+        ),
+        (MessageStatus::Queued, first.accepted_at, None)
+    );
     assert_eq!(b.purge_idempotency(1500).await.unwrap(), 2);
 }
 

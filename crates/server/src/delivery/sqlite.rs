@@ -43,6 +43,39 @@ pub(crate) fn parse_status(s: &str) -> Result<MessageStatus, StoreError> {
     MessageStatus::parse(s).ok_or_else(|| corrupt("status", s))
 }
 
+/// A message's view from its row and its stored history. The `queued` entry is not stored:
+/// the row's `accepted_at` is that entry (one row fewer per accept; a replayed dead letter's
+/// `queued` is stored, with reason `replayed`).
+pub(crate) fn message_view_from(
+    m: OutboundMessage,
+    history: Vec<(String, Option<String>, i64)>,
+) -> Result<MessageView, StoreError> {
+    let accepted = StatusEntry {
+        status: MessageStatus::Queued,
+        at: m.accepted_at,
+        reason: None,
+    };
+    let history = std::iter::once(Ok(accepted))
+        .chain(history.into_iter().map(|(status, reason, at)| {
+            Ok(StatusEntry {
+                status: parse_status(&status)?,
+                at,
+                reason,
+            })
+        }))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(MessageView {
+        message_id: m.message_id,
+        to: m.recipient,
+        class: m.class,
+        channel: m.channel,
+        status: m.status,
+        reason: m.reason,
+        attempts: m.attempts,
+        history,
+    })
+}
+
 fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| corrupt(what, v))
 }
@@ -321,26 +354,7 @@ impl DeliveryStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let history = history
-            .into_iter()
-            .map(|(status, reason, at)| {
-                Ok(StatusEntry {
-                    status: parse_status(&status)?,
-                    at,
-                    reason,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(MessageView {
-            message_id: m.message_id,
-            to: m.recipient,
-            class: m.class,
-            channel: m.channel,
-            status: m.status,
-            reason: m.reason,
-            attempts: m.attempts,
-            history,
-        }))
+        message_view_from(m, history).map(Some)
     }
 
     async fn outbound(&self, message_id: &str) -> Result<Option<OutboundMessage>, StoreError> {

@@ -1,5 +1,6 @@
 //! The accept transaction of the SQLite backend: a batch of messages, each with its
-//! idempotency key, `queued` history entry and send job, in one transaction.
+//! idempotency key and send job, in one transaction. (The `queued` history entry is the
+//! message row's `accepted_at`; it is not stored.)
 //!
 //! The fast path writes the whole batch with one multi-row INSERT per table after deciding
 //! idempotency in memory, in batch order; if any row is refused, the slow path redoes the
@@ -70,11 +71,6 @@ async fn accept_one(
     .bind(m.accepted_at)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO send_history (message_id, status, at) VALUES (?, 'queued', ?)")
-        .bind(&m.message_id)
-        .bind(m.accepted_at)
-        .execute(&mut *conn)
-        .await?;
     sqlx::query(
         "INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) \
          VALUES ('send', ?, ?, ?, ?)",
@@ -191,14 +187,6 @@ pub(super) async fn accept_fast(
         if let Some(e) = bad_epoch {
             return Err(corrupt("epoch", e));
         }
-        q.build().execute(&mut *tx).await?;
-        let mut q =
-            QueryBuilder::<Sqlite>::new("INSERT INTO send_history (message_id, status, at) ");
-        q.push_values(chunk, |mut b, m| {
-            b.push_bind(&m.message_id)
-                .push_bind("queued")
-                .push_bind(m.accepted_at);
-        });
         q.build().execute(&mut *tx).await?;
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) ",

@@ -88,7 +88,7 @@ async fn twenty_parallel_requests_with_one_key_store_one_message() -> Result<()>
     assert_eq!(ids.len(), 1, "every answer names the same message");
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 1);
     assert_eq!(rig.count("SELECT COUNT(*) FROM delivery_jobs").await?, 1);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_history").await?, 1);
+    assert_eq!(rig.count("SELECT COUNT(*) FROM send_idempotency").await?, 1);
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! The accept transaction of the PostgreSQL backend: a batch of messages, each with its
-//! idempotency key, `queued` history entry and send job, in one transaction (group commit).
+//! idempotency key and send job, in one transaction (group commit). The `queued` history
+//! entry is the message row's `accepted_at`; it is not stored.
 //!
 //! The fast path decides idempotency in memory and writes the batch with one statement
-//! (`unnest` arrays feeding data-modifying CTEs, one per table). Another process may insert the same key meanwhile: the unique key then refuses
-//! the batch (after waiting for that transaction), and the slow path redoes it with one
-//! savepoint per message and `ON CONFLICT DO NOTHING`, answering from the stored key. Neither
-//! path may leave a message without its job or the reverse.
+//! (`unnest` arrays feeding data-modifying CTEs, one per table). Another process may insert
+//! the same key meanwhile: the unique key then refuses the batch (after waiting for that
+//! transaction), and the slow path redoes it with one savepoint per message and `ON CONFLICT
+//! DO NOTHING`, answering from the stored key. Neither path may leave a message without its
+//! job or the reverse.
 
 use std::collections::HashMap;
 
@@ -68,11 +70,6 @@ async fn accept_one(conn: &mut PgConnection, m: &NewMessage) -> Result<AcceptOut
     .bind(m.accepted_at)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO send_history (message_id, status, at) VALUES ($1, 'queued', $2)")
-        .bind(&m.message_id)
-        .bind(m.accepted_at)
-        .execute(&mut *conn)
-        .await?;
     sqlx::query(
         "INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) \
          VALUES ('send', $1, $2, $3, $4)",
@@ -153,9 +150,7 @@ pub(super) async fn accept_fast(
                channel, kind, group_id, epoch, payload, status, correlation_id, accepted_at, \
                expires_at, updated_at) \
                SELECT message_id, tenant_id, recipient, class, channel, kind, group_id, epoch, \
-               payload, 'queued', correlation_id, accepted_at, expires_at, accepted_at FROM b), \
-             h AS (INSERT INTO send_history (message_id, status, at) \
-               SELECT message_id, 'queued', accepted_at FROM b) \
+               payload, 'queued', correlation_id, accepted_at, expires_at, accepted_at FROM b) \
              INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) \
              SELECT 'send', tenant_id, message_id, accepted_at, accepted_at FROM b",
         )

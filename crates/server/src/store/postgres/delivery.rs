@@ -8,14 +8,16 @@
 //! bytes.
 
 use async_trait::async_trait;
-use sealgate_proto::send::{Channel, MessageClass, MessageStatus, MessageView, StatusEntry};
+use sealgate_proto::send::{Channel, MessageClass, MessageStatus, MessageView};
 use sqlx::PgConnection;
 use tokio::sync::oneshot;
 
 use super::accept;
 
 use crate::delivery::queue::JobKind;
-use crate::delivery::sqlite::{callback_body, corrupt, implied_sent, parse_status, wipes_payload};
+use crate::delivery::sqlite::{
+    callback_body, corrupt, implied_sent, message_view_from, parse_status, wipes_payload,
+};
 use crate::delivery::store::{
     AcceptOutcome, DeliveryStore, InAppDelivery, InAppOutcome, NewMessage, OutboundMessage,
     PayloadKind, ReceiptOutcome, TenantCallback, Transition,
@@ -246,26 +248,7 @@ impl DeliveryStore for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let history = history
-            .into_iter()
-            .map(|(status, reason, at)| {
-                Ok(StatusEntry {
-                    status: parse_status(&status)?,
-                    at,
-                    reason,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(MessageView {
-            message_id: m.message_id,
-            to: m.recipient,
-            class: m.class,
-            channel: m.channel,
-            status: m.status,
-            reason: m.reason,
-            attempts: m.attempts,
-            history,
-        }))
+        message_view_from(m, history).map(Some)
     }
 
     async fn outbound(&self, message_id: &str) -> Result<Option<OutboundMessage>, StoreError> {

@@ -1,0 +1,3 @@
+-- The `queued` history entry is no longer stored: the message row's accepted_at is that entry.
+-- Stored ones (no reason) go; a replayed dead letter's `queued` (reason 'replayed') stays.
+DELETE FROM send_history WHERE status = 'queued' AND reason IS NULL;
