@@ -242,6 +242,71 @@ pub struct SendAccepted {
     pub status: MessageStatus,
 }
 
+/// Most messages in one `POST /v1/messages/batch`.
+pub const MAX_BATCH_MESSAGES: usize = 500;
+
+/// `POST /v1/messages/batch` (tenant API key): up to [`MAX_BATCH_MESSAGES`] sends in one
+/// request, each with its own idempotency key. Each message is stored (with its job) or refused
+/// on its own; a retry of the whole batch with the same keys is safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSendRequest {
+    pub messages: Vec<BatchMessage>,
+}
+
+/// One message of a batch: a [`SendRequest`] with its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchMessage {
+    /// 1 to 128 visible ASCII characters, per tenant, like the `Idempotency-Key` header.
+    pub idempotency_key: String,
+    /// An E.164 phone number (`+15551234567`) or a user id of the tenant.
+    pub to: String,
+    pub class: MessageClass,
+    /// Seconds after acceptance when the message expires if not yet sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    pub body: MessageBody,
+}
+
+impl BatchMessage {
+    /// Split into the key and the single-send request it stands for.
+    pub fn into_parts(self) -> (String, SendRequest) {
+        (
+            self.idempotency_key,
+            SendRequest {
+                to: self.to,
+                class: self.class,
+                ttl_secs: self.ttl_secs,
+                body: self.body,
+            },
+        )
+    }
+}
+
+/// `200` answer of `POST /v1/messages/batch`: one result per message, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BatchSendResponse {
+    /// Messages stored and queued (first accepts and replays of an earlier accept).
+    pub accepted: u32,
+    /// Messages refused; each result says why.
+    pub refused: u32,
+    pub results: Vec<BatchResult>,
+}
+
+/// The outcome of one message of a batch: `message_id` and `status` (`queued`) when it is
+/// stored, or `error` (the problem a single `POST /v1/messages` would have answered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    pub idempotency_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MessageStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::Problem>,
+}
+
 /// One step of a message's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusEntry {

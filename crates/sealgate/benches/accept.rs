@@ -4,7 +4,9 @@
 //! (the four rows an accept writes, without HTTP).
 //!
 //! `cargo bench -p sealgate --bench accept`. Phase 1 (ingest): the gateway runs as `--role
-//! api` (no workers) and 128 concurrent HTTP clients send 1 KiB texts as fast as they can.
+//! api` (no workers) and 128 concurrent HTTP clients send 1 KiB texts as fast as they can, one
+//! message per `POST /v1/messages`; then 8 clients send the same number in batches of 100 per
+//! `POST /v1/messages/batch`.
 //! Phase 2 (drain): the same data folder reopened as `--role all`; its workers deliver the
 //! backlog to the carrier simulator. Phase 3 (paced): 1,000 msg/s while the workers deliver,
 //! reading the gateway's acceptance → carrier-ack histogram. The load generator shares the 2
@@ -28,6 +30,10 @@ const BODY: usize = 1024;
 /// front of the same commits and add their wait to every request's latency (with 256, p99 was
 /// 30–37 ms at the same throughput as 128).
 const SENDERS: usize = 128;
+/// Messages per `POST /v1/messages/batch` in the batch ingest phase, and its concurrent
+/// senders: 8 × 100 keeps about as many messages in flight as the single-message phase.
+const BATCH: usize = 100;
+const BATCH_SENDERS: usize = 8;
 
 fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -82,7 +88,7 @@ async fn bench() -> Result<()> {
         let _ = gw_stopped.await;
     }));
     let recipients: Vec<String> = (0..100).map(|i| format!("+1555600{i:04}")).collect();
-    let load = |count, rate, concurrency, prefix: &str| LoadConfig {
+    let load = |count, rate, concurrency, prefix: &str, batch| LoadConfig {
         url: gw_url.clone(),
         api_key: tenant.api_key.clone(),
         count,
@@ -93,9 +99,11 @@ async fn bench() -> Result<()> {
         class: "transactional".into(),
         rate,
         key_prefix: prefix.into(),
+        batch,
     };
 
-    let burst = run(load(MESSAGES, None, SENDERS, "burst")).await?;
+    let burst = run(load(MESSAGES, None, SENDERS, "burst", 1)).await?;
+    let batched = run(load(MESSAGES, None, BATCH_SENDERS, "batch", BATCH)).await?;
     let _ = stop_gw.send(());
     serving.await??;
 
@@ -108,13 +116,13 @@ async fn bench() -> Result<()> {
         let _ = gw_stopped.await;
     }));
     let http = reqwest::Client::new();
-    wait_drained(&http, &gw_url, MESSAGES).await?;
-    let drain = MESSAGES as f64 / drain_start.elapsed().as_secs_f64();
+    wait_drained(&http, &gw_url, 2 * MESSAGES).await?;
+    let drain = (2 * MESSAGES) as f64 / drain_start.elapsed().as_secs_f64();
 
     // Phase 3: paced sends while the workers deliver.
     let before = metrics(&http, &gw_url).await?;
-    let paced = run(load(PACED, Some(1000.0), 64, "paced")).await?;
-    wait_drained(&http, &gw_url, MESSAGES + PACED).await?;
+    let paced = run(load(PACED, Some(1000.0), 64, "paced", 1)).await?;
+    wait_drained(&http, &gw_url, 2 * MESSAGES + PACED).await?;
     let after = metrics(&http, &gw_url).await?;
     let series = ("sealgate_delivery_latency_seconds", "transport=\"sms\"");
     let (b0, b1) = (
@@ -149,7 +157,22 @@ async fn bench() -> Result<()> {
         100.0 * burst.accepts_per_sec / ceiling,
         100.0 * burst.accepts_per_sec / store_ceiling
     );
-    println!("drain: {drain:.0} msg/s delivered to the carrier (backlog of {MESSAGES})");
+    println!(
+        "batch ({BATCH} per POST /v1/messages/batch, {BATCH_SENDERS} senders): {:.0} durable accepts/s \
+         ({} accepted, {} errors), request latency p50 {:.1} ms p99 {:.1} ms; {:.1} % of the raw \
+         insert ceiling, {:.1} % of the store accept ceiling",
+        batched.accepts_per_sec,
+        batched.accepted,
+        batched.errors,
+        batched.latency_p50_ms,
+        batched.latency_p99_ms,
+        100.0 * batched.accepts_per_sec / ceiling,
+        100.0 * batched.accepts_per_sec / store_ceiling
+    );
+    println!(
+        "drain: {drain:.0} msg/s delivered to the carrier (backlog of {})",
+        2 * MESSAGES
+    );
     println!(
         "paced {:.0} msg/s: accept p50 {:.1} ms p99 {:.1} ms; accept -> carrier ack p50 {:.1} ms p99 {:.1} ms",
         paced.accepts_per_sec,

@@ -152,6 +152,7 @@ async fn scenario(
             class: "transactional".into(),
             rate: None,
             key_prefix: format!("{name}-{round}"),
+            batch: 1,
         })
         .await?;
         anyhow::ensure!(report.errors == 0, "{name}: {} sends failed", report.errors);

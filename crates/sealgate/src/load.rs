@@ -1,8 +1,9 @@
 //! Load generation for `POST /v1/messages`, and the ceiling it is judged against.
 //!
 //! `run` drives the real HTTP API with a fixed number of concurrent senders (optionally paced
-//! to a target rate), each message with its own `Idempotency-Key`, and reports durable accepts
-//! per second and accept latency percentiles. `raw_insert_ceiling` measures what the same
+//! to a target rate), each message with its own idempotency key — one message per request, or
+//! several per `POST /v1/messages/batch` — and reports durable accepts per second and request
+//! latency percentiles. `raw_insert_ceiling` measures what the same
 //! SQLite engine does with plain batched inserts of rows of the same size, in the same run, so
 //! the accept rate can be stated as a share of what the store allows. Message bodies are
 //! synthetic; nothing here may log them.
@@ -45,6 +46,9 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// Prefix of the idempotency keys (make it unique per run).
     pub key_prefix: String,
+    /// Messages per request: 1 sends through `POST /v1/messages`, more through
+    /// `POST /v1/messages/batch` (each message with its own key).
+    pub batch: usize,
 }
 
 /// What happened.
@@ -52,6 +56,8 @@ pub struct LoadConfig {
 pub struct LoadReport {
     pub accepted: usize,
     pub errors: usize,
+    /// Messages per request (latencies are per request).
+    pub messages_per_request: usize,
     pub elapsed_secs: f64,
     pub accepts_per_sec: f64,
     pub latency_p50_ms: f64,
@@ -81,7 +87,13 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
             .collect(),
     );
     anyhow::ensure!(!bodies.is_empty(), "no recipients");
-    let url: Arc<str> = format!("{}/v1/messages", config.url).into();
+    let batch = config.batch.max(1);
+    let path = if batch > 1 {
+        "/v1/messages/batch"
+    } else {
+        "/v1/messages"
+    };
+    let url: Arc<str> = format!("{}{path}", config.url).into();
     let auth: Arc<str> = format!("Bearer {}", config.api_key).into();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -96,42 +108,54 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut errors = 0usize;
+            let (mut accepted, mut errors) = (0usize, 0usize);
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
+                let n = next.fetch_add(batch, Ordering::Relaxed);
                 if n >= config.count {
                     break;
                 }
+                let take = batch.min(config.count - n);
                 if let Some(rate) = config.rate {
                     let due = start + Duration::from_secs_f64(n as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let body = bodies[n % bodies.len()].clone();
-                let t0 = Instant::now();
-                let ok = http
+                let request = http
                     .post(&*url)
                     .header(reqwest::header::AUTHORIZATION, &*auth)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header("Idempotency-Key", format!("{}-{n}", config.key_prefix))
-                    .body(body)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16() == 202)
-                    .unwrap_or(false);
-                if ok {
-                    latencies.push(t0.elapsed());
+                    .header(reqwest::header::CONTENT_TYPE, "application/json");
+                let request = if batch > 1 {
+                    request.body(batch_body(&bodies, &config.key_prefix, n, take))
                 } else {
-                    errors += 1;
+                    request
+                        .header("Idempotency-Key", format!("{}-{n}", config.key_prefix))
+                        .body(bodies[n % bodies.len()].clone())
+                };
+                let t0 = Instant::now();
+                let stored = match request.send().await {
+                    Ok(r) if batch == 1 => usize::from(r.status().as_u16() == 202),
+                    Ok(r) if r.status().as_u16() == 200 => r
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<BatchCounts>(&b).ok())
+                        .map_or(0, |c| c.accepted),
+                    _ => 0,
+                };
+                if stored > 0 {
+                    latencies.push(t0.elapsed());
                 }
+                accepted += stored;
+                errors += take - stored.min(take);
             }
-            (latencies, errors)
+            (latencies, accepted, errors)
         }));
     }
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let (mut accepted, mut errors) = (0, 0);
     for t in tasks {
-        let (l, e) = t.await.context("sender task")?;
+        let (l, a, e) = t.await.context("sender task")?;
         latencies.extend(l);
+        accepted += a;
         errors += e;
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -143,14 +167,40 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
         latencies[((latencies.len() - 1) * p) / 100].as_secs_f64() * 1000.0
     };
     Ok(LoadReport {
-        accepted: latencies.len(),
+        accepted,
         errors,
+        messages_per_request: batch,
         elapsed_secs: elapsed,
-        accepts_per_sec: latencies.len() as f64 / elapsed,
+        accepts_per_sec: accepted as f64 / elapsed,
         latency_p50_ms: pct(50),
         latency_p99_ms: pct(99),
         latency_max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     })
+}
+
+/// The part of a batch answer the generator reads.
+#[derive(serde::Deserialize)]
+struct BatchCounts {
+    accepted: usize,
+}
+
+/// The body of one `POST /v1/messages/batch`: messages `n..n + take`, each a prebuilt single
+/// body (`{"to": …}`) with its key spliced in front.
+fn batch_body(bodies: &[bytes::Bytes], prefix: &str, n: usize, take: usize) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(take * (bodies[0].len() + 48) + 16);
+    out.extend_from_slice(b"{\"messages\":[");
+    for i in n..n + take {
+        if i > n {
+            out.push(b',');
+        }
+        let single = &bodies[i % bodies.len()];
+        let key = serde_json::to_string(&format!("{prefix}-{i}")).unwrap_or_default();
+        out.extend_from_slice(format!("{{\"idempotency_key\":{key},").as_bytes());
+        // The single body without its opening brace.
+        out.extend_from_slice(&single[1..]);
+    }
+    out.extend_from_slice(b"]}");
+    out.into()
 }
 
 /// Rows per second that plain batched inserts of `row_bytes`-byte rows reach on a fresh SQLite

@@ -12,6 +12,7 @@ mod ds {
 mod delivery {
     mod harness;
 
+    mod batch;
     mod callbacks;
     mod idempotency;
     mod inapp;

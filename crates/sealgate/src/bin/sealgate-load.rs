@@ -1,5 +1,6 @@
-//! `sealgate-load`: send a batch of messages through `POST /v1/messages` from the shell and
-//! print what it achieved as one JSON line (accepts per second, accept latency p50/p99).
+//! `sealgate-load`: send a batch of messages through `POST /v1/messages` (or, with `--batch
+//! N`, N per `POST /v1/messages/batch`) from the shell and print what it achieved as one JSON
+//! line (accepts per second, request latency p50/p99).
 
 use anyhow::Result;
 use clap::Parser;
@@ -42,6 +43,10 @@ struct Args {
     /// Prefix of the idempotency keys (default: a fresh one per run).
     #[arg(long)]
     key_prefix: Option<String>,
+    /// Messages per request: 1 uses `POST /v1/messages`; 2 to 500 use
+    /// `POST /v1/messages/batch` (latencies are then per request).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=500))]
+    batch: u16,
 }
 
 #[tokio::main]
@@ -65,6 +70,7 @@ async fn main() -> Result<()> {
         class: a.class,
         rate: a.rate,
         key_prefix,
+        batch: usize::from(a.batch),
     })
     .await?;
     println!("{}", serde_json::to_string(&report)?);

@@ -60,6 +60,7 @@ use crate::policy::routes as policy;
         blobs::download_url,
         blobs::download_blob,
         send::send_message,
+        send::send_batch,
         send::get_message,
         send::put_callback,
         send::carrier_webhook,

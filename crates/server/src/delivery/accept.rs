@@ -216,14 +216,43 @@ impl Acceptor {
 
     /// Store `message` with its job; resolves after the commit.
     pub async fn accept(&self, message: NewMessage) -> ApiResult<AcceptOutcome> {
+        let answer = self.enqueue(message).await?;
+        answer
+            .await
+            .map_err(|_| ApiError::internal("accept writer dropped a request"))?
+    }
+
+    /// Store each of `messages` with its job, each on its own (a batch request): every one is
+    /// queued to the writer before any answer is awaited, so they share group commits.
+    /// Answers in the same order.
+    pub async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<ApiResult<AcceptOutcome>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            answers.push(self.enqueue(message).await);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Ok(answer) => answer
+                    .await
+                    .map_err(|_| ApiError::internal("accept writer dropped a request"))
+                    .and_then(|r| r),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    async fn enqueue(
+        &self,
+        message: NewMessage,
+    ) -> ApiResult<oneshot::Receiver<ApiResult<AcceptOutcome>>> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((message, reply))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down"))?;
-        answer
-            .await
-            .map_err(|_| ApiError::internal("accept writer dropped a request"))?
+        Ok(answer)
     }
 }
 
