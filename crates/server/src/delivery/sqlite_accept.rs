@@ -7,7 +7,7 @@
 //! batch with one savepoint per message so only the bad one fails. Neither path may leave a
 //! message without its job or the reverse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Acquire, QueryBuilder, Sqlite, SqliteConnection};
 
@@ -90,14 +90,39 @@ async fn accept_one(
 const CHUNK: usize = 500;
 
 /// The whole batch in one transaction with one multi-row INSERT per table: the fast path.
-/// Idempotency is decided in memory in batch order against the keys already stored.
+///
+/// The keys are inserted first with `ON CONFLICT DO NOTHING RETURNING`: a key that is new
+/// (the common case) costs one b-tree insert and no lookup. Only the keys that were not
+/// inserted — stored before, or earlier in this batch — are looked up, to answer with the
+/// stored message (same request) or refuse (another request).
 pub(super) async fn accept_fast(
     store: &SqliteStore,
     batch: &[NewMessage],
 ) -> Result<Vec<AcceptOutcome>, StoreError> {
     let mut tx = store.begin_write().await?;
-    let mut known: HashMap<(&str, &str), (Vec<u8>, String)> = HashMap::new();
+    let mut inserted: HashSet<String> = HashSet::with_capacity(batch.len());
     for chunk in batch.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO send_idempotency (tenant_id, idem_key, request_hash, message_id, \
+             created_at) ",
+        );
+        q.push_values(chunk, |mut b, m| {
+            b.push_bind(&m.tenant_id)
+                .push_bind(&m.idempotency_key)
+                .push_bind(&m.request_hash)
+                .push_bind(&m.message_id)
+                .push_bind(m.accepted_at);
+        });
+        q.push(" ON CONFLICT (tenant_id, idem_key) DO NOTHING RETURNING message_id");
+        let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        inserted.extend(rows.into_iter().map(|(id,)| id));
+    }
+    let taken: Vec<&NewMessage> = batch
+        .iter()
+        .filter(|m| !inserted.contains(&m.message_id))
+        .collect();
+    let mut known: HashMap<(&str, &str), (Vec<u8>, String)> = HashMap::new();
+    for chunk in taken.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT tenant_id, idem_key, request_hash, message_id FROM send_idempotency \
              WHERE (tenant_id, idem_key) IN (",
@@ -124,38 +149,28 @@ pub(super) async fn accept_fast(
         }
     }
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut fresh: Vec<&NewMessage> = Vec::with_capacity(batch.len());
+    let mut fresh: Vec<&NewMessage> = Vec::with_capacity(inserted.len());
     for m in batch {
+        if inserted.contains(&m.message_id) {
+            fresh.push(m);
+            outcomes.push(AcceptOutcome::Accepted {
+                message_id: m.message_id.clone(),
+            });
+            continue;
+        }
         match known.get(&(m.tenant_id.as_str(), m.idempotency_key.as_str())) {
             Some((hash, id)) if *hash == m.request_hash => outcomes.push(AcceptOutcome::Replayed {
                 message_id: id.clone(),
             }),
             Some(_) => outcomes.push(AcceptOutcome::KeyReused),
             None => {
-                known.insert(
-                    (&m.tenant_id, &m.idempotency_key),
-                    (m.request_hash.clone(), m.message_id.clone()),
-                );
-                fresh.push(m);
-                outcomes.push(AcceptOutcome::Accepted {
-                    message_id: m.message_id.clone(),
-                });
+                return Err(StoreError::Corrupt(
+                    "an idempotency key was neither inserted nor found".into(),
+                ));
             }
         }
     }
     for chunk in fresh.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO send_idempotency (tenant_id, idem_key, request_hash, message_id, \
-             created_at) ",
-        );
-        q.push_values(chunk, |mut b, m| {
-            b.push_bind(&m.tenant_id)
-                .push_bind(&m.idempotency_key)
-                .push_bind(&m.request_hash)
-                .push_bind(&m.message_id)
-                .push_bind(m.accepted_at);
-        });
-        q.build().execute(&mut *tx).await?;
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
              group_id, epoch, payload, status, correlation_id, accepted_at, expires_at, \
