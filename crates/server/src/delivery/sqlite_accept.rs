@@ -91,16 +91,19 @@ const CHUNK: usize = 500;
 
 /// The whole batch in one transaction with one multi-row INSERT per table: the fast path.
 ///
-/// The keys are inserted first with `ON CONFLICT DO NOTHING RETURNING`: a key that is new
-/// (the common case) costs one b-tree insert and no lookup. Only the keys that were not
-/// inserted — stored before, or earlier in this batch — are looked up, to answer with the
-/// stored message (same request) or refuse (another request).
+/// The keys go in first with `ON CONFLICT DO NOTHING`. If every key of a chunk went in (the
+/// common case), no key is looked up. Otherwise the chunk's keys are read back: a key whose
+/// stored message id is this message's went in; any other was stored before (or earlier in
+/// this batch), and the message is answered from it (same request) or refused (another
+/// request). Counting rows instead of `RETURNING` them matters: sqlx hands each returned row
+/// from SQLite's thread to the async side on its own, a thread wake-up per message.
 pub(super) async fn accept_fast(
     store: &SqliteStore,
     batch: &[NewMessage],
 ) -> Result<Vec<AcceptOutcome>, StoreError> {
     let mut tx = store.begin_write().await?;
-    let mut inserted: HashSet<String> = HashSet::with_capacity(batch.len());
+    let mut inserted: HashSet<&str> = HashSet::with_capacity(batch.len());
+    let mut known: HashMap<(&str, &str), (Vec<u8>, String)> = HashMap::new();
     for chunk in batch.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO send_idempotency (tenant_id, idem_key, request_hash, message_id, \
@@ -113,16 +116,12 @@ pub(super) async fn accept_fast(
                 .push_bind(&m.message_id)
                 .push_bind(m.accepted_at);
         });
-        q.push(" ON CONFLICT (tenant_id, idem_key) DO NOTHING RETURNING message_id");
-        let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await?;
-        inserted.extend(rows.into_iter().map(|(id,)| id));
-    }
-    let taken: Vec<&NewMessage> = batch
-        .iter()
-        .filter(|m| !inserted.contains(&m.message_id))
-        .collect();
-    let mut known: HashMap<(&str, &str), (Vec<u8>, String)> = HashMap::new();
-    for chunk in taken.chunks(CHUNK) {
+        q.push(" ON CONFLICT (tenant_id, idem_key) DO NOTHING");
+        let went_in = q.build().execute(&mut *tx).await?.rows_affected();
+        if usize::try_from(went_in).ok() == Some(chunk.len()) {
+            inserted.extend(chunk.iter().map(|m| m.message_id.as_str()));
+            continue;
+        }
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT tenant_id, idem_key, request_hash, message_id FROM send_idempotency \
              WHERE (tenant_id, idem_key) IN (",
@@ -147,11 +146,19 @@ pub(super) async fn accept_fast(
                 known.insert((&m.tenant_id, &m.idempotency_key), (hash, id));
             }
         }
+        for m in chunk {
+            if known
+                .get(&(m.tenant_id.as_str(), m.idempotency_key.as_str()))
+                .is_some_and(|(_, id)| *id == m.message_id)
+            {
+                inserted.insert(&m.message_id);
+            }
+        }
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut fresh: Vec<&NewMessage> = Vec::with_capacity(inserted.len());
     for m in batch {
-        if inserted.contains(&m.message_id) {
+        if inserted.contains(m.message_id.as_str()) {
             fresh.push(m);
             outcomes.push(AcceptOutcome::Accepted {
                 message_id: m.message_id.clone(),
