@@ -8,7 +8,7 @@
 //!    SIGKILL several times and restarted; afterwards every message that got a 202 is in exactly
 //!    one inbox exactly once, and none that never got one was delivered.
 //! 3. `sealgate-load --batch`: batches from the shell, sent twice with the same keys, reach
-//!    the carrier once each.
+//!    the carrier once each; the access log ties request id to message id, without the body.
 
 mod common;
 
@@ -426,10 +426,12 @@ async fn sigkill_during_a_send_run_loses_nothing_and_duplicates_nothing() {
 
 /// `sealgate-load --batch` sends from the shell through `POST /v1/messages/batch`; running
 /// it again with the same keys is answered from the stored messages, and the carrier gets
-/// each message exactly once.
+/// each message exactly once. Before it, one single send checks the access log: one line ties
+/// the request id to the message id, and no line holds the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealgate_load_sends_batches_from_the_shell_exactly_once() {
     const MESSAGES: usize = 300;
+    const ALL: usize = MESSAGES + 1;
     let phones = ["+15554100001", "+15554100002", "+15554100003"];
     let net = Net::start("[default]\nsms = true\n");
     let load = || {
@@ -455,6 +457,37 @@ async fn sealgate_load_sends_batches_from_the_shell_exactly_once() {
         let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
         report
     };
+    // One single send first: its one access-log line ties the request (correlation) id to
+    // the message id, and the body is in no log line.
+    let body = "log canary 5e1d: must stay out of the log";
+    let resp = net
+        .http
+        .post(format!("{}/v1/messages", net.url()))
+        .bearer_auth(&net.api_key)
+        .header("Idempotency-Key", "log-1")
+        .header("X-Request-Id", "corr-log-5e1d")
+        .json(&json!({"to": phones[0], "class": "transactional",
+                      "body": {"text": body, "channel": "sms"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.expect("json")["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(net.dir.path().join("gateway.log")).expect("log");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("corr-log-5e1d"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains(&id)),
+        "no log line with both ids: {lines:?}"
+    );
+    assert!(!log.contains("log canary 5e1d"), "a body reached the log");
+
     let first = load();
     assert_eq!(first["accepted"], MESSAGES);
     assert_eq!(first["errors"], 0);
@@ -472,13 +505,13 @@ async fn sealgate_load_sends_batches_from_the_shell_exactly_once() {
         }
         let unique: BTreeSet<&String> = seen.iter().collect();
         assert_eq!(unique.len(), seen.len(), "a phone received a message twice");
-        assert!(seen.len() <= MESSAGES, "more deliveries than messages");
-        if seen.len() == MESSAGES {
+        assert!(seen.len() <= ALL, "more deliveries than messages");
+        if seen.len() == ALL {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {MESSAGES} delivered",
+            "{} of {ALL} delivered",
             seen.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -489,5 +522,5 @@ async fn sealgate_load_sends_batches_from_the_shell_exactly_once() {
     for p in phones {
         total += net.inbox(p).await.len();
     }
-    assert_eq!(total, MESSAGES);
+    assert_eq!(total, ALL);
 }

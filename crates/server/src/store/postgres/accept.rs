@@ -105,7 +105,7 @@ pub(super) async fn accept_fast(
                 .transpose()
         })
         .collect::<Result<Vec<Option<i64>>, StoreError>>()?;
-    let col = |f: fn(&NewMessage) -> &str| batch.iter().map(|m| f(m)).collect::<Vec<&str>>();
+    let col = |f: fn(&NewMessage) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
     let inserted: Vec<(String,)> = sqlx::query_as(
         "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
            $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
