@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sealgate_proto::send::{Channel, MessageClass};
+use sealgate_proto::send::{BatchSendResponse, Channel, MessageClass};
 use sealgate_server::delivery::store::{NewMessage, PayloadKind};
 use sealgate_server::store::DeliveryStore;
 use sealgate_server::store::sqlite::SqliteStore;
@@ -137,8 +137,8 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
                         .bytes()
                         .await
                         .ok()
-                        .and_then(|b| serde_json::from_slice::<BatchCounts>(&b).ok())
-                        .map_or(0, |c| c.accepted),
+                        .and_then(|b| serde_json::from_slice::<BatchSendResponse>(&b).ok())
+                        .map_or(0, |r| r.accepted as usize),
                     _ => 0,
                 };
                 if stored > 0 {
@@ -176,12 +176,6 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
         latency_p99_ms: pct(99),
         latency_max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     })
-}
-
-/// The part of a batch answer the generator reads.
-#[derive(serde::Deserialize)]
-struct BatchCounts {
-    accepted: usize,
 }
 
 /// The body of one `POST /v1/messages/batch`: messages `n..n + take`, each a prebuilt single

@@ -495,6 +495,76 @@ mod tests {
 
     // The contract tests run for every backend from `store::conformance::backend_suite!`.
 
+    /// A data folder from before migration 0006 (stored `queued` entries, keys in a rowid
+    /// table) keeps its idempotency keys and shows one `queued` entry per message after the
+    /// upgrade; a replayed dead letter's `queued` stays.
+    #[tokio::test]
+    async fn the_lean_accept_migration_keeps_keys_and_one_queued_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let old = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&old).await.unwrap();
+        for sql in [
+            "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
+             payload, status, accepted_at, updated_at) VALUES ('m1', 't1', '+15551234567', \
+             'transactional', 'sms', 'text', x'00', 'queued', 1000, 3000)",
+            "INSERT INTO send_history (message_id, status, reason, at) VALUES \
+             ('m1', 'queued', NULL, 1000), ('m1', 'failed', 'retry_window_exhausted', 2000), \
+             ('m1', 'queued', 'replayed', 3000)",
+        ] {
+            sqlx::query(sql).execute(&old).await.unwrap();
+        }
+        sqlx::query("INSERT INTO send_idempotency VALUES ('t1', 'k1', ?, 'm1', 1000)")
+            .bind(vec![7u8; 32])
+            .execute(&old)
+            .await
+            .unwrap();
+        old.close().await;
+
+        let s = SqliteStore::open(&path).await.expect("migrates");
+        let v = s.message_view("t1", "m1").await.unwrap().unwrap();
+        let history: Vec<_> = v
+            .history
+            .iter()
+            .map(|h| (h.status, h.at, h.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                (MessageStatus::Queued, 1000, None),
+                (MessageStatus::Failed, 2000, Some(RETRY_WINDOW_EXHAUSTED)),
+                (MessageStatus::Queued, 3000, Some("replayed")),
+            ]
+        );
+        // The key survived the table rebuild: the same request is answered from it, another
+        // one refused.
+        let out = s
+            .accept_messages(&[c::message("k1", 7, 5000), c::message("k1", 8, 5000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: "m1".into()
+            }
+        );
+        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+    }
+
     /// A failure between the message and its job (injected with a trigger on the job table)
     /// leaves neither, and does not take the rest of the batch down.
     #[tokio::test]

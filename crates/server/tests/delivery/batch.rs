@@ -1,7 +1,7 @@
 //! `POST /v1/messages/batch`: each message answered on its own (stored, replayed, or refused
-//! with the problem a single send would get), nothing stored for a refused one, keys shared
-//! with the single endpoint, the batch's size taken whole from the rate limit and quota, and
-//! a batch delivered exactly once.
+//! with the problem a single send would get, the tenant policy included), nothing stored for a
+//! refused one, keys shared with the single endpoint, the batch's size taken whole from the
+//! rate limit and quota, and a batch delivered exactly once.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -60,24 +60,31 @@ async fn each_message_is_answered_and_stored_on_its_own() -> Result<()> {
         // The single endpoint's key and body: answered with its message.
         item("single", &text(SMS_ONLY, "from the single endpoint", "sms")),
         item("c", &text(SMS_ONLY, "third", "sms")),
+        // The tenant policy applies to each message: plain SMS is no route for `sensitive`.
+        item(
+            "s",
+            &json!({"to": SMS_ONLY, "class": "sensitive", "body": {"text": "x", "channel": "sms"}}),
+        ),
     ];
     let r = batch_ok(&rig, &items).await?;
-    assert_eq!((r.accepted, r.refused), (4, 3));
+    assert_eq!((r.accepted, r.refused), (4, 4));
     let keys: Vec<&str> = r
         .results
         .iter()
         .map(|r| r.idempotency_key.as_str())
         .collect();
-    assert_eq!(keys, ["a", "b", "a", "a", "has space", "single", "c"]);
+    assert_eq!(keys, ["a", "b", "a", "a", "has space", "single", "c", "s"]);
     let code = |i: usize| r.results[i].error.as_ref().map(|p| p.code.clone());
     assert_eq!(code(1).as_deref(), Some("invalid_field"));
     assert_eq!(code(3).as_deref(), Some("idempotency_key_reused"));
     assert_eq!(code(4).as_deref(), Some("idempotency_key_required"));
+    assert_eq!(code(7).as_deref(), Some("policy_forbids_route"));
+    assert_eq!(r.results[7].error.as_ref().map(|p| p.status), Some(403));
     for i in [0, 2, 5, 6] {
         assert!(r.results[i].error.is_none(), "{i}: {:?}", r.results[i]);
         assert_eq!(r.results[i].status, Some(MessageStatus::Queued));
     }
-    for i in [1, 3, 4] {
+    for i in [1, 3, 4, 7] {
         assert!(r.results[i].message_id.is_none() && r.results[i].status.is_none());
     }
     let id = |i: usize| r.results[i].message_id.clone().unwrap();
