@@ -470,11 +470,17 @@ impl DeliveryStore for SqliteStore {
 
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
         Ok(
-            sqlx::query("DELETE FROM send_idempotency WHERE created_at < ?")
-                .bind(before_ms)
-                .execute(&self.writer)
-                .await?
-                .rows_affected(),
+            // The key index holds only keys not yet purged: walking it reads those, not every
+            // message ever accepted.
+            sqlx::query(
+                "UPDATE send_messages INDEXED BY send_messages_key \
+                 SET idem_key = NULL, request_hash = NULL \
+                 WHERE idem_key IS NOT NULL AND accepted_at < ?",
+            )
+            .bind(before_ms)
+            .execute(&self.writer)
+            .await?
+            .rows_affected(),
         )
     }
 }
@@ -565,19 +571,102 @@ mod tests {
         assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
     }
 
-    /// A failure between the message and its job (injected with a trigger on the job table)
-    /// leaves neither, and does not take the rest of the batch down.
+    /// A data folder from before migration 0007 keeps its pending send jobs, now on the
+    /// message rows: a due job is leased with its attempts, retry window and last error, a
+    /// message with two jobs keeps one, and callback jobs stay where they were.
     #[tokio::test]
-    async fn a_failure_between_message_and_job_leaves_neither() {
+    async fn send_jobs_move_onto_their_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let old = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 7)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&old).await.unwrap();
+        for id in ["m1", "m2", "m3"] {
+            sqlx::query(
+                "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, \
+                 kind, payload, status, accepted_at, updated_at) VALUES (?, 't1', \
+                 '+15551234567', 'transactional', 'sms', 'text', x'00', 'queued', 1000, 1000)",
+            )
+            .bind(id)
+            .execute(&old)
+            .await
+            .unwrap();
+        }
+        for sql in [
+            // m1: retried twice, due at 5000; m2: two jobs (a replay repeated); m3: none.
+            "INSERT INTO delivery_jobs (kind, tenant_id, message_id, attempts, not_before, \
+             last_error, created_at) VALUES ('send', 't1', 'm1', 2, 5000, 'HTTP 503', 1000)",
+            "INSERT INTO delivery_jobs (kind, tenant_id, message_id, not_before, created_at) \
+             VALUES ('send', 't1', 'm2', 2000, 2000), ('send', 't1', 'm2', 2500, 2500)",
+            "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, not_before, \
+             created_at) VALUES ('callback', 't1', 'm3', x'7b7d', 9000, 9000)",
+        ] {
+            sqlx::query(sql).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let s = SqliteStore::open(&path).await.expect("migrates");
+        assert_eq!(
+            s.depth().await.unwrap(),
+            3,
+            "two send jobs and the callback"
+        );
+        let lease = std::time::Duration::from_secs(10);
+        let jobs = s.lease("w", 10, lease, 5000).await.unwrap();
+        let mut sends: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.kind,
+                    j.message_id.clone().unwrap(),
+                    j.attempts,
+                    j.created_at,
+                    j.last_error.clone(),
+                )
+            })
+            .collect();
+        sends.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            sends,
+            [
+                (JobKind::Send, "m1".into(), 3, 1000, Some("HTTP 503".into())),
+                (JobKind::Send, "m2".into(), 1, 2000, None),
+            ]
+        );
+        for job in &jobs {
+            assert!(s.ack(job).await.unwrap());
+        }
+        let callbacks = s.lease("w", 10, lease, 9000).await.unwrap();
+        assert_eq!(callbacks.len(), 1);
+        assert_eq!(callbacks[0].kind, JobKind::Callback);
+        assert_eq!(callbacks[0].payload.as_deref(), Some(&b"{}"[..]));
+    }
+
+    /// A failure between the key and its message (injected with a trigger on the message
+    /// table) leaves neither, and does not take the rest of the batch down.
+    #[tokio::test]
+    async fn a_failure_between_key_and_message_leaves_neither() {
         let (_d, s) = open().await;
         let ok1 = c::message("a", 1, 0);
         let mut poison = c::message("b", 1, 0);
         poison.recipient = "+15550000666".into();
         let ok2 = c::message("c", 1, 0);
         sqlx::query(
-            "CREATE TRIGGER poison BEFORE INSERT ON delivery_jobs \
-             WHEN (SELECT recipient FROM send_messages WHERE message_id = NEW.message_id) \
-             = '+15550000666' BEGIN SELECT RAISE(ABORT, 'injected'); END",
+            "CREATE TRIGGER poison BEFORE INSERT ON send_messages \
+             WHEN NEW.recipient = '+15550000666' BEGIN SELECT RAISE(ABORT, 'injected'); END",
         )
         .execute(&s.writer)
         .await
@@ -590,7 +679,7 @@ mod tests {
         assert!(out[1].is_err());
         assert!(s.outbound(&poison.message_id).await.unwrap().is_none());
         let (keys,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM send_idempotency WHERE idem_key = 'b'")
+            sqlx::query_as("SELECT COUNT(*) FROM send_messages WHERE idem_key = 'b'")
                 .fetch_one(&s.pool)
                 .await
                 .unwrap();

@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::queue::JobKind;
+use super::queue::{Job, JobKind};
 use super::sqlite::{callback_body, wipes_payload};
 use super::store::{ReceiptOutcome, Transition};
 use super::write_plan::{self, Plan, StatusBatch, StatusWrite};
@@ -46,12 +46,34 @@ pub(crate) enum WriteOp {
     Status(StatusWrite),
     /// [`super::queue::JobQueue::ack`].
     Ack {
-        job_id: i64,
+        job: AckJob,
         lease_token: String,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     /// Anything else, in its own savepoint.
     General(BatchOp),
+}
+
+/// Where a job lives: a send job is columns of its message's row, any other job is a
+/// `delivery_jobs` row (see `sqlite_queue.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum AckJob {
+    /// The message id.
+    Send(String),
+    /// The `delivery_jobs` id.
+    Other(i64),
+}
+
+impl AckJob {
+    pub(crate) fn of(job: &Job) -> Result<Self, StoreError> {
+        match (job.kind, &job.message_id) {
+            (JobKind::Send, Some(id)) => Ok(AckJob::Send(id.clone())),
+            (JobKind::Send, None) => {
+                Err(StoreError::Corrupt("a send job without a message".into()))
+            }
+            _ => Ok(AckJob::Other(job.job_id)),
+        }
+    }
 }
 
 /// What the set-based part of a batch answers, in arrival order per kind.
@@ -74,10 +96,10 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
                 WriteOp::General(op) => general.push(op),
                 WriteOp::Status(write) => status.push(write),
                 WriteOp::Ack {
-                    job_id,
+                    job,
                     lease_token,
                     reply,
-                } => acks.push((job_id, lease_token, reply)),
+                } => acks.push((job, lease_token, reply)),
             }
         }
         let mut finishes: Vec<Finish> = Vec::with_capacity(general.len());
@@ -94,9 +116,9 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
                 }
                 sqlx::query("RELEASE w").execute(&mut *tx).await?;
             }
-            let a: Vec<(i64, &str)> = acks
+            let a: Vec<(&AckJob, &str)> = acks
                 .iter()
-                .map(|(id, tok, _)| (*id, tok.as_str()))
+                .map(|(job, tok, _)| (job, tok.as_str()))
                 .collect();
             let (t, r) = (status.transitions(), status.receipts());
             let answers = apply(&mut tx, &t, &r, status.order(), &a).await?;
@@ -140,7 +162,7 @@ async fn apply(
     transitions: &[&Transition],
     receipts: &[(&str, &Transition)],
     order: &[(bool, usize)],
-    acks: &[(i64, &str)],
+    acks: &[(&AckJob, &str)],
 ) -> Result<Answers, StoreError> {
     // The current status of every message the batch touches.
     let ids = write_plan::touched_ids(transitions, receipts);
@@ -278,21 +300,64 @@ async fn apply(
         }
     }
 
-    // Acks: a job is removed only by the holder of its lease.
-    let mut acked: HashSet<(i64, String)> = HashSet::new();
-    for chunk in acks.chunks(CHUNK) {
+    // Acks: a job is removed only by the holder of its lease. The plain `IN` list on the key
+    // lets SQLite look the rows up by key; the row-value `IN` alone makes it scan the table.
+    let mut acked: HashSet<(AckJob, String)> = HashSet::new();
+    let sends: Vec<(&str, &str)> = acks
+        .iter()
+        .filter_map(|(job, token)| match job {
+            AckJob::Send(id) => Some((id.as_str(), *token)),
+            AckJob::Other(_) => None,
+        })
+        .collect();
+    for chunk in sends.chunks(CHUNK) {
+        // The token stays (a job is there only while `job_due` is set), so the answer names
+        // the lease that acked, also when a stale and a current ack of one message meet here.
         let mut q = QueryBuilder::<Sqlite>::new(
-            "DELETE FROM delivery_jobs WHERE (job_id, lease_token) IN (",
+            "UPDATE send_messages SET job_due = NULL, last_error = NULL \
+             WHERE message_id IN (",
         );
+        let mut sep = q.separated(", ");
+        for (id, _) in chunk {
+            sep.push_bind(*id);
+        }
+        q.push(") AND job_due IS NOT NULL AND (message_id, lease_token) IN (");
+        q.push_values(chunk, |mut b, (id, token)| {
+            b.push_bind(*id).push_bind(*token);
+        });
+        q.push(") RETURNING message_id, lease_token");
+        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        acked.extend(
+            rows.into_iter()
+                .map(|(id, token)| (AckJob::Send(id), token)),
+        );
+    }
+    let others: Vec<(i64, &str)> = acks
+        .iter()
+        .filter_map(|(job, token)| match job {
+            AckJob::Other(id) => Some((*id, *token)),
+            AckJob::Send(_) => None,
+        })
+        .collect();
+    for chunk in others.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM delivery_jobs WHERE job_id IN (");
+        let mut sep = q.separated(", ");
+        for (id, _) in chunk {
+            sep.push_bind(*id);
+        }
+        q.push(") AND (job_id, lease_token) IN (");
         q.push_values(chunk, |mut b, (id, token)| {
             b.push_bind(*id).push_bind(*token);
         });
         q.push(") RETURNING job_id, lease_token");
         let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        acked.extend(rows);
+        acked.extend(
+            rows.into_iter()
+                .map(|(id, token)| (AckJob::Other(id), token)),
+        );
     }
-    for (answer, (id, token)) in answers.acks.iter_mut().zip(acks) {
-        *answer = acked.remove(&(*id, (*token).to_owned()));
+    for (answer, (job, token)) in answers.acks.iter_mut().zip(acks) {
+        *answer = acked.remove(&((*job).clone(), (*token).to_owned()));
     }
     Ok(answers)
 }

@@ -1,18 +1,27 @@
-//! SQLite implementation of [`JobQueue`]: the `delivery_jobs` table with leases.
+//! SQLite implementation of [`JobQueue`]: callback and push jobs in the `delivery_jobs` table,
+//! and each message's send job as columns of its `send_messages` row (`job_due`, `job_since`,
+//! `job_leases`, `lease_token`, `last_error`), so accepting a message writes no job row and
+//! acking a send clears columns of a row the worker updates anyway.
 //!
-//! A lease moves the job's `not_before` to the lease's end, so "ready" is one indexed range
-//! (`not_before <= now`) and a job whose worker died becomes ready again by itself. Leasing
-//! is one `UPDATE ... RETURNING` statement, so two workers never get the same job from the
-//! same lease round. It must never interpret job payloads.
+//! A lease moves the job's due time (`not_before` / `job_due`) to the lease's end, so "ready"
+//! is one indexed range (`<= now`) and a job whose worker died becomes ready again by itself.
+//! Leasing is one `UPDATE ... RETURNING` statement per table, so two workers never get the
+//! same job from the same lease round; the two tables take turns being served first, so
+//! neither kind can starve the other. A message has a send job while its `job_due` is set,
+//! and the lease in `lease_token` counts only then (an ack clears `job_due` and leaves the
+//! token, which the batcher's answer needs). A send job's `job_id` is its message row's rowid
+//! (for logs and dead letters); it is addressed by message id. It must never interpret job
+//! payloads.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sealgate_proto::send::DeadLetter;
 
 use super::queue::{Job, JobKind, JobQueue, NewJob};
-use super::sqlite::{RETRY_WINDOW_EXHAUSTED, parse_status};
-use super::sqlite_batch::WriteOp;
+use super::sqlite::{RETRY_WINDOW_EXHAUSTED, corrupt, parse_status};
+use super::sqlite_batch::{AckJob, WriteOp};
 use crate::auth::random_id;
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
@@ -65,6 +74,24 @@ type DeadRow = (
 #[async_trait]
 impl JobQueue for SqliteStore {
     async fn enqueue(&self, job: &NewJob) -> Result<i64, StoreError> {
+        if job.kind == JobKind::Send {
+            let message_id = job
+                .message_id
+                .as_deref()
+                .ok_or_else(|| StoreError::Corrupt("a send job without a message id".into()))?;
+            let row: Option<(i64,)> = sqlx::query_as(
+                "UPDATE send_messages SET job_due = ?1, job_since = ?1, job_leases = 0, \
+                 lease_token = NULL, last_error = NULL WHERE message_id = ?2 \
+                 RETURNING rowid",
+            )
+            .bind(job.not_before)
+            .bind(message_id)
+            .fetch_optional(&self.writer)
+            .await?;
+            return row.map(|r| r.0).ok_or_else(|| {
+                StoreError::Corrupt(format!("a send job for no message {message_id}"))
+            });
+        }
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, not_before, \
              created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING job_id",
@@ -89,27 +116,50 @@ impl JobQueue for SqliteStore {
     ) -> Result<Vec<Job>, StoreError> {
         let token = format!("{worker}:{}", random_id(""));
         let until = now_ms.saturating_add(millis(lease));
-        let rows: Vec<JobRow> = sqlx::query_as(
-            "UPDATE delivery_jobs SET not_before = ?1, lease_until = ?1, lease_token = ?2, \
-             attempts = attempts + 1 \
-             WHERE job_id IN (SELECT job_id FROM delivery_jobs WHERE not_before <= ?3 \
-             ORDER BY not_before, job_id LIMIT ?4) \
-             RETURNING job_id, kind, tenant_id, message_id, payload, attempts, created_at, \
-             last_error",
-        )
-        .bind(until)
-        .bind(&token)
-        .bind(now_ms)
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
-        .await?;
-        rows.into_iter().map(|r| job_from_row(r, &token)).collect()
+        let sends_first = self.sends_first.fetch_xor(true, Ordering::Relaxed);
+        let mut jobs = Vec::with_capacity(max);
+        for sends in [sends_first, !sends_first] {
+            let room = max - jobs.len();
+            if room == 0 {
+                break;
+            }
+            let room = i64::try_from(room).unwrap_or(i64::MAX);
+            let rows: Vec<JobRow> = if sends {
+                sqlx::query_as(
+                    "UPDATE send_messages SET job_due = ?1, lease_token = ?2, \
+                     job_leases = job_leases + 1 \
+                     WHERE rowid IN (SELECT rowid FROM send_messages WHERE job_due <= ?3 \
+                     ORDER BY job_due LIMIT ?4) \
+                     RETURNING rowid, 'send', tenant_id, message_id, NULL, job_leases, \
+                     job_since, last_error",
+                )
+            } else {
+                sqlx::query_as(
+                    "UPDATE delivery_jobs SET not_before = ?1, lease_until = ?1, \
+                     lease_token = ?2, attempts = attempts + 1 \
+                     WHERE job_id IN (SELECT job_id FROM delivery_jobs WHERE not_before <= ?3 \
+                     ORDER BY not_before, job_id LIMIT ?4) \
+                     RETURNING job_id, kind, tenant_id, message_id, payload, attempts, \
+                     created_at, last_error",
+                )
+            }
+            .bind(until)
+            .bind(&token)
+            .bind(now_ms)
+            .bind(room)
+            .fetch_all(&self.writer)
+            .await?;
+            for row in rows {
+                jobs.push(job_from_row(row, &token)?);
+            }
+        }
+        Ok(jobs)
     }
 
     async fn ack(&self, job: &Job) -> Result<bool, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let op = WriteOp::Ack {
-            job_id: job.job_id,
+            job: AckJob::of(job)?,
             lease_token: job.lease_token.clone(),
             reply,
         };
@@ -117,20 +167,28 @@ impl JobQueue for SqliteStore {
     }
 
     async fn retry(&self, job: &Job, not_before_ms: i64, error: &str) -> Result<bool, StoreError> {
-        let (job_id, token, error) = (job.job_id, job.lease_token.clone(), error.to_owned());
+        let target = AckJob::of(job)?;
+        let (token, error) = (job.lease_token.clone(), error.to_owned());
         self.write_batched(move |conn| {
             Box::pin(async move {
-                let n = sqlx::query(
-                    "UPDATE delivery_jobs SET not_before = ?, lease_until = NULL, \
-                     lease_token = NULL, last_error = ? WHERE job_id = ? AND lease_token = ?",
-                )
-                .bind(not_before_ms)
-                .bind(&error)
-                .bind(job_id)
-                .bind(&token)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+                let q = match &target {
+                    AckJob::Send(message_id) => sqlx::query(
+                        "UPDATE send_messages SET job_due = ?, lease_token = NULL, \
+                         last_error = ? WHERE message_id = ? AND job_due IS NOT NULL \
+                         AND lease_token = ?",
+                    )
+                    .bind(not_before_ms)
+                    .bind(&error)
+                    .bind(message_id),
+                    AckJob::Other(job_id) => sqlx::query(
+                        "UPDATE delivery_jobs SET not_before = ?, lease_until = NULL, \
+                         lease_token = NULL, last_error = ? WHERE job_id = ? AND lease_token = ?",
+                    )
+                    .bind(not_before_ms)
+                    .bind(&error)
+                    .bind(*job_id),
+                };
+                let n = q.bind(&token).execute(&mut *conn).await?.rows_affected();
                 Ok(n > 0)
             })
         })
@@ -139,8 +197,18 @@ impl JobQueue for SqliteStore {
 
     async fn dead_letter(&self, job: &Job, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let n = sqlx::query("DELETE FROM delivery_jobs WHERE job_id = ? AND lease_token = ?")
-            .bind(job.job_id)
+        let q = match AckJob::of(job)? {
+            AckJob::Send(message_id) => sqlx::query(
+                "UPDATE send_messages SET job_due = NULL \
+                 WHERE message_id = ? AND job_due IS NOT NULL AND lease_token = ?",
+            )
+            .bind(message_id),
+            AckJob::Other(job_id) => {
+                sqlx::query("DELETE FROM delivery_jobs WHERE job_id = ? AND lease_token = ?")
+                    .bind(job_id)
+            }
+        };
+        let n = q
             .bind(&job.lease_token)
             .execute(&mut *tx)
             .await?
@@ -168,9 +236,12 @@ impl JobQueue for SqliteStore {
     }
 
     async fn depth(&self) -> Result<u64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM delivery_jobs")
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM delivery_jobs) \
+             + (SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -227,25 +298,50 @@ impl JobQueue for SqliteStore {
         let Some((kind, tenant_id, message_id, payload)) = row else {
             return Ok(None);
         };
-        let (job_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, not_before, \
-             created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING job_id",
-        )
-        .bind(&kind)
-        .bind(&tenant_id)
-        .bind(message_id.as_deref())
-        .bind(payload.as_deref())
-        .bind(now_ms)
-        .bind(now_ms)
-        .fetch_one(&mut *tx)
-        .await?;
         sqlx::query("UPDATE dead_letters SET replayed_at = ? WHERE dead_letter_id = ?")
             .bind(now_ms)
             .bind(dead_letter_id)
             .execute(&mut *tx)
             .await?;
-        if kind == JobKind::Send.as_str()
-            && let Some(message_id) = &message_id
+        let send = match (kind.as_str(), &message_id) {
+            ("send", Some(message_id)) => Some(message_id),
+            ("send", None) => {
+                return Err(corrupt("send dead letter without message", dead_letter_id));
+            }
+            _ => None,
+        };
+        let Some(message_id) = send else {
+            let (job_id,): (i64,) = sqlx::query_as(
+                "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, not_before, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING job_id",
+            )
+            .bind(&kind)
+            .bind(&tenant_id)
+            .bind(message_id.as_deref())
+            .bind(payload.as_deref())
+            .bind(now_ms)
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(job_id));
+        };
+        // The message gets a fresh job unless it has one (a replay repeated, or a new job
+        // since): one job per message is all a worker needs.
+        sqlx::query(
+            "UPDATE send_messages SET job_due = ?1, job_since = ?1, job_leases = 0, \
+             lease_token = NULL, last_error = NULL WHERE message_id = ?2 AND job_due IS NULL",
+        )
+        .bind(now_ms)
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?;
+        let (job_id,): (i64,) =
+            sqlx::query_as("SELECT rowid FROM send_messages WHERE message_id = ?")
+                .bind(message_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| corrupt("send dead letter of an unknown message", message_id))?;
         {
             let row: Option<(String, Option<String>)> =
                 sqlx::query_as("SELECT status, reason FROM send_messages WHERE message_id = ?")
@@ -276,5 +372,49 @@ impl JobQueue for SqliteStore {
         }
         tx.commit().await?;
         Ok(Some(job_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance as c;
+    use super::super::store::DeliveryStore;
+    use super::*;
+
+    /// The two tables take turns being served first: a backlog of sends does not hold back
+    /// callbacks, nor the reverse, even when every lease round could be filled by one kind.
+    #[tokio::test]
+    async fn sends_and_other_jobs_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
+        let batch: Vec<_> = (0..10)
+            .map(|i| c::message(&format!("k{i}"), 1, 1000))
+            .collect();
+        s.accept_messages(&batch).await.unwrap();
+        for _ in 0..10 {
+            s.enqueue(&NewJob {
+                kind: JobKind::Callback,
+                tenant_id: "t1".into(),
+                message_id: None,
+                payload: Some(b"{}".to_vec()),
+                not_before: 1000,
+            })
+            .await
+            .unwrap();
+        }
+        let lease = Duration::from_secs(60);
+        let mut rounds = Vec::new();
+        for _ in 0..4 {
+            let jobs = s.lease("w", 3, lease, 2000).await.unwrap();
+            assert_eq!(jobs.len(), 3);
+            rounds.push(jobs.iter().map(|j| j.kind).collect::<Vec<_>>());
+        }
+        for pair in rounds.windows(2) {
+            let kinds: Vec<JobKind> = pair.concat();
+            assert!(
+                kinds.contains(&JobKind::Send) && kinds.contains(&JobKind::Callback),
+                "two rounds in a row serve both kinds: {rounds:?}"
+            );
+        }
     }
 }

@@ -38,6 +38,8 @@ pub struct SqliteStore {
     /// The one writing connection.
     pub(crate) writer: SqlitePool,
     batches: mpsc::Sender<WriteOp>,
+    /// Which of the queue's two tables a lease round serves first (see `sqlite_queue.rs`).
+    pub(crate) sends_first: Arc<std::sync::atomic::AtomicBool>,
     /// The checkpoint task; stopped when the last clone is dropped.
     _checkpoints: Arc<AbortOnDrop>,
 }
@@ -126,6 +128,7 @@ impl SqliteStore {
             pool,
             writer,
             batches,
+            sends_first: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             _checkpoints: checkpoints,
         })
     }

@@ -28,7 +28,11 @@ async fn same_key_same_body_same_answer_other_body_refused() -> Result<()> {
     // Another key is another message.
     assert_ne!(rig.send_ok("order-2", &body).await?, first);
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 2);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM delivery_jobs").await?, 2);
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
+            .await?,
+        2
+    );
 
     // Keys are per tenant.
     let other_tenant = rig.gateway.create_tenant("globex").await?;
@@ -87,19 +91,27 @@ async fn twenty_parallel_requests_with_one_key_store_one_message() -> Result<()>
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the same message");
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 1);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM delivery_jobs").await?, 1);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_idempotency").await?, 1);
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
+            .await?,
+        1
+    );
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
+            .await?,
+        1
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_failure_between_message_and_job_leaves_neither_and_frees_the_key() -> Result<()> {
+async fn a_failure_after_the_row_is_written_leaves_nothing_and_frees_the_key() -> Result<()> {
     let rig = Rig::start(None, |c| c.delivery.workers = 0).await?;
     let db = rig.db().await?;
+    // After the message row (with its key and job) is written, before the commit.
     sqlx::query(
-        "CREATE TRIGGER fail_job BEFORE INSERT ON delivery_jobs \
-         WHEN (SELECT recipient FROM send_messages WHERE message_id = NEW.message_id) \
-         = '+15550000666' BEGIN SELECT RAISE(ABORT, 'injected'); END",
+        "CREATE TRIGGER fail_job AFTER INSERT ON send_messages \
+         WHEN NEW.recipient = '+15550000666' BEGIN SELECT RAISE(ABORT, 'injected'); END",
     )
     .execute(&db)
     .await?;
@@ -107,8 +119,16 @@ async fn a_failure_between_message_and_job_leaves_neither_and_frees_the_key() ->
     let (status, p) = problem(rig.send(Some("k-atomic"), &poisoned).await?).await?;
     assert_eq!((status, p.code.as_str()), (500, "internal"));
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 0);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM delivery_jobs").await?, 0);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_idempotency").await?, 0);
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
+            .await?,
+        0
+    );
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
+            .await?,
+        0
+    );
     // Other messages are unaffected meanwhile.
     rig.send_ok("k-other", &text(SMS_ONLY, "fine", "sms"))
         .await?;
@@ -116,7 +136,11 @@ async fn a_failure_between_message_and_job_leaves_neither_and_frees_the_key() ->
     // The client's retry with the same key now succeeds.
     rig.send_ok("k-atomic", &poisoned).await?;
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 2);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM delivery_jobs").await?, 2);
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
+            .await?,
+        2
+    );
     Ok(())
 }
 
@@ -188,8 +212,16 @@ async fn refused_requests_store_nothing() -> Result<()> {
         );
     }
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 0);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM delivery_jobs").await?, 0);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_idempotency").await?, 0);
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
+            .await?,
+        0
+    );
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
+            .await?,
+        0
+    );
     // No API key: 401.
     let resp = rig
         .http
