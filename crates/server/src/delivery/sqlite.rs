@@ -501,16 +501,12 @@ mod tests {
 
     // The contract tests run for every backend from `store::conformance::backend_suite!`.
 
-    /// A data folder from before migration 0006 (stored `queued` entries, keys in a rowid
-    /// table) keeps its idempotency keys and shows one `queued` entry per message after the
-    /// upgrade; a replayed dead letter's `queued` stays.
-    #[tokio::test]
-    async fn the_lean_accept_migration_keeps_keys_and_one_queued_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.db");
+    /// A database at `path` with the migrations before `version` applied: a data folder of an
+    /// older release.
+    async fn migrated_before(path: &std::path::Path, version: i64) -> sqlx::SqlitePool {
         let old = sqlx::SqlitePool::connect_with(
             sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
+                .filename(path)
                 .create_if_missing(true),
         )
         .await
@@ -519,11 +515,22 @@ mod tests {
         before.migrations = before
             .migrations
             .iter()
-            .filter(|m| m.version < 6)
+            .filter(|m| m.version < version)
             .cloned()
             .collect::<Vec<_>>()
             .into();
         before.run(&old).await.unwrap();
+        old
+    }
+
+    /// A data folder from before migration 0006 (stored `queued` entries, keys in a rowid
+    /// table) keeps its idempotency keys and shows one `queued` entry per message after the
+    /// upgrade; a replayed dead letter's `queued` stays.
+    #[tokio::test]
+    async fn the_lean_accept_migration_keeps_keys_and_one_queued_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let old = migrated_before(&path, 6).await;
         for sql in [
             "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
              payload, status, accepted_at, updated_at) VALUES ('m1', 't1', '+15551234567', \
@@ -578,22 +585,7 @@ mod tests {
     async fn send_jobs_move_onto_their_messages() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.db");
-        let old = sqlx::SqlitePool::connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true),
-        )
-        .await
-        .unwrap();
-        let mut before = sqlx::migrate!("./migrations");
-        before.migrations = before
-            .migrations
-            .iter()
-            .filter(|m| m.version < 7)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into();
-        before.run(&old).await.unwrap();
+        let old = migrated_before(&path, 7).await;
         for id in ["m1", "m2", "m3"] {
             sqlx::query(
                 "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, \
