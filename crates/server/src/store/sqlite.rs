@@ -57,18 +57,27 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// WAL frames (pages) above which a checkpoint waits for the writer to reset the WAL, so it
 /// cannot grow without bound when passive checkpoints never catch up.
 const WAL_RESTART_FRAMES: i64 = 16_384;
+/// Frames a passive checkpoint left uncopied above which the next one starts at once.
+const CHECKPOINT_CHASE_FRAMES: i64 = 1_024;
 
 /// Checkpoint the WAL from a connection of its own. With automatic checkpoints, the commit
 /// that crosses the threshold copies the WAL into the database and fsyncs it while every
 /// other write waits; here a passive checkpoint runs beside the writer on another thread and
 /// never blocks it.
 async fn run_checkpoints(conn: SqlitePool) {
+    let mut behind = false;
     loop {
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        // While a passive round leaves many frames uncopied, the next starts at once: during
+        // a burst the copy keeps pace with the writer instead of idling between ticks until
+        // the WAL crosses the restart threshold (a restart stalls every writer).
+        if !behind {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
         let passive: Result<(i64, i64, i64), sqlx::Error> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_one(&conn)
                 .await;
+        behind = matches!(passive, Ok((_, log, copied)) if log - copied > CHECKPOINT_CHASE_FRAMES);
         match passive {
             Ok((_, log, _)) if log > WAL_RESTART_FRAMES => {
                 if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
