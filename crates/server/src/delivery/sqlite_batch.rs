@@ -300,8 +300,7 @@ async fn apply(
         }
     }
 
-    // Acks: a job is removed only by the holder of its lease. The plain `IN` list on the key
-    // lets SQLite look the rows up by key; the row-value `IN` alone makes it scan the table.
+    // Acks: a job is removed only by the holder of its lease (`ack_query`).
     let mut acked: HashSet<(AckJob, String)> = HashSet::new();
     let sends: Vec<(&str, &str)> = acks
         .iter()
@@ -311,22 +310,10 @@ async fn apply(
         })
         .collect();
     for chunk in sends.chunks(CHUNK) {
-        // The token stays (a job is there only while `job_due` is set), so the answer names
-        // the lease that acked, also when a stale and a current ack of one message meet here.
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE send_messages SET job_due = NULL, last_error = NULL \
-             WHERE message_id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for (id, _) in chunk {
-            sep.push_bind(*id);
-        }
-        q.push(") AND job_due IS NOT NULL AND (message_id, lease_token) IN (");
-        q.push_values(chunk, |mut b, (id, token)| {
-            b.push_bind(*id).push_bind(*token);
-        });
-        q.push(") RETURNING message_id, lease_token");
-        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        let rows: Vec<(String, String)> = ack_query("", ACK_SENDS, "message_id", chunk)
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await?;
         acked.extend(
             rows.into_iter()
                 .map(|(id, token)| (AckJob::Send(id), token)),
@@ -340,17 +327,10 @@ async fn apply(
         })
         .collect();
     for chunk in others.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM delivery_jobs WHERE job_id IN (");
-        let mut sep = q.separated(", ");
-        for (id, _) in chunk {
-            sep.push_bind(*id);
-        }
-        q.push(") AND (job_id, lease_token) IN (");
-        q.push_values(chunk, |mut b, (id, token)| {
-            b.push_bind(*id).push_bind(*token);
-        });
-        q.push(") RETURNING job_id, lease_token");
-        let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        let rows: Vec<(i64, String)> = ack_query("", ACK_OTHERS, "job_id", chunk)
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await?;
         acked.extend(
             rows.into_iter()
                 .map(|(id, token)| (AckJob::Other(id), token)),
@@ -360,6 +340,40 @@ async fn apply(
         *answer = acked.remove(&((*job).clone(), (*token).to_owned()));
     }
     Ok(answers)
+}
+
+/// Acking send jobs: the token stays (a job is there only while `job_due` is set), so the
+/// answer names the lease that acked, also when a stale and a current ack of one message meet
+/// in one batch.
+const ACK_SENDS: &str = "UPDATE send_messages SET job_due = NULL, last_error = NULL \
+     WHERE job_due IS NOT NULL AND";
+/// Acking callback and push jobs.
+const ACK_OTHERS: &str = "DELETE FROM delivery_jobs WHERE";
+
+/// `head` (after `prefix`, which tests set to `EXPLAIN QUERY PLAN`) for the jobs of `chunk`
+/// whose lease is the given token, returning the acked (key, token) pairs. The plain `IN` list
+/// on `key` lets SQLite look the rows up by key; the row-value `IN` alone makes it scan the
+/// whole table (every ack batch read the whole backlog).
+fn ack_query<'a, K>(
+    prefix: &str,
+    head: &str,
+    key: &str,
+    chunk: &'a [(K, &'a str)],
+) -> QueryBuilder<'a, Sqlite>
+where
+    K: Copy + Send + sqlx::Encode<'a, Sqlite> + sqlx::Type<Sqlite> + 'a,
+{
+    let mut q = QueryBuilder::<Sqlite>::new(format!("{prefix}{head} {key} IN ("));
+    let mut sep = q.separated(", ");
+    for (id, _) in chunk {
+        sep.push_bind(*id);
+    }
+    q.push(format!(") AND ({key}, lease_token) IN ("));
+    q.push_values(chunk, |mut b, (id, token)| {
+        b.push_bind(*id).push_bind(*token);
+    });
+    q.push(format!(") RETURNING {key}, lease_token"));
+    q
 }
 
 #[cfg(test)]
@@ -469,6 +483,42 @@ mod tests {
             s.carrier_receipt("ev1", &delivered).await.unwrap(),
             ReceiptOutcome::Duplicate
         );
+    }
+
+    /// Batched acks find their rows by key: with only the row-value `IN`, SQLite scanned the
+    /// whole message table (or job table) on every ack batch.
+    #[tokio::test]
+    async fn batched_acks_search_by_key() {
+        let (_d, s) = open().await;
+        let sends = [("m1", "w:1"), ("m2", "w:1")];
+        let others = [(1_i64, "w:1"), (2, "w:2")];
+        for (head, key, q) in [
+            (
+                super::ACK_SENDS,
+                "message_id",
+                super::ack_query(
+                    "EXPLAIN QUERY PLAN ",
+                    super::ACK_SENDS,
+                    "message_id",
+                    &sends,
+                ),
+            ),
+            (
+                super::ACK_OTHERS,
+                "job_id",
+                super::ack_query("EXPLAIN QUERY PLAN ", super::ACK_OTHERS, "job_id", &others),
+            ),
+        ] {
+            let mut q = q;
+            let plan: Vec<(i64, i64, i64, String)> =
+                q.build_query_as().fetch_all(&s.pool).await.unwrap();
+            let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(
+                steps.iter().all(|d| !d.starts_with("SCAN send_messages")
+                    && !d.starts_with("SCAN delivery_jobs")),
+                "{head} by {key}: {steps:?}"
+            );
+        }
     }
 
     /// Only the holder of a lease can ack its job, also when both acks share a batch.
