@@ -104,6 +104,35 @@ pub async fn idempotency_inside_and_across_batches(b: &dyn DeliveryBackend) {
         (MessageStatus::Queued, first.accepted_at, None)
     );
     assert_eq!(b.purge_idempotency(1500).await.unwrap(), 2);
+    // A purged key is free again (another request makes a new message); a younger key is
+    // kept; the purge forgets keys, not messages.
+    let reused = b
+        .accept_messages(&[message("k1", 5, 3000), other_tenant_again()])
+        .await
+        .unwrap();
+    assert_ne!(
+        accepted(reused[0].as_ref().unwrap()),
+        first.message_id,
+        "a new message"
+    );
+    assert!(matches!(
+        reused[1].as_ref().unwrap(),
+        AcceptOutcome::Replayed { .. }
+    ));
+    assert!(
+        b.message_view("t1", &first.message_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(b.purge_idempotency(1500).await.unwrap(), 0, "nothing left");
+}
+
+/// The second tenant's key `k1` of [`idempotency_inside_and_across_batches`], sent again.
+fn other_tenant_again() -> NewMessage {
+    let mut m = message("k1", 9, 3000);
+    m.tenant_id = "t2".into();
+    m
 }
 
 pub async fn lease_retry_ack(b: &dyn DeliveryBackend) {
