@@ -71,6 +71,20 @@ type DeadRow = (
     Option<i64>,
 );
 
+/// Lease due send jobs: `?1` lease end, `?2` token, `?3` now, `?4` how many. Found through
+/// the partial index on `job_due`, which holds only messages with a job.
+const LEASE_SENDS: &str = "UPDATE send_messages SET job_due = ?1, lease_token = ?2, \
+     job_leases = job_leases + 1 \
+     WHERE rowid IN (SELECT rowid FROM send_messages WHERE job_due <= ?3 \
+     ORDER BY job_due LIMIT ?4) \
+     RETURNING rowid, 'send', tenant_id, message_id, NULL, job_leases, job_since, last_error";
+/// Lease due callback and push jobs, with the same parameters.
+const LEASE_OTHERS: &str = "UPDATE delivery_jobs SET not_before = ?1, lease_until = ?1, \
+     lease_token = ?2, attempts = attempts + 1 \
+     WHERE job_id IN (SELECT job_id FROM delivery_jobs WHERE not_before <= ?3 \
+     ORDER BY not_before, job_id LIMIT ?4) \
+     RETURNING job_id, kind, tenant_id, message_id, payload, attempts, created_at, last_error";
+
 #[async_trait]
 impl JobQueue for SqliteStore {
     async fn enqueue(&self, job: &NewJob) -> Result<i64, StoreError> {
@@ -124,31 +138,13 @@ impl JobQueue for SqliteStore {
                 break;
             }
             let room = i64::try_from(room).unwrap_or(i64::MAX);
-            let rows: Vec<JobRow> = if sends {
-                sqlx::query_as(
-                    "UPDATE send_messages SET job_due = ?1, lease_token = ?2, \
-                     job_leases = job_leases + 1 \
-                     WHERE rowid IN (SELECT rowid FROM send_messages WHERE job_due <= ?3 \
-                     ORDER BY job_due LIMIT ?4) \
-                     RETURNING rowid, 'send', tenant_id, message_id, NULL, job_leases, \
-                     job_since, last_error",
-                )
-            } else {
-                sqlx::query_as(
-                    "UPDATE delivery_jobs SET not_before = ?1, lease_until = ?1, \
-                     lease_token = ?2, attempts = attempts + 1 \
-                     WHERE job_id IN (SELECT job_id FROM delivery_jobs WHERE not_before <= ?3 \
-                     ORDER BY not_before, job_id LIMIT ?4) \
-                     RETURNING job_id, kind, tenant_id, message_id, payload, attempts, \
-                     created_at, last_error",
-                )
-            }
-            .bind(until)
-            .bind(&token)
-            .bind(now_ms)
-            .bind(room)
-            .fetch_all(&self.writer)
-            .await?;
+            let rows: Vec<JobRow> = sqlx::query_as(if sends { LEASE_SENDS } else { LEASE_OTHERS })
+                .bind(until)
+                .bind(&token)
+                .bind(now_ms)
+                .bind(room)
+                .fetch_all(&self.writer)
+                .await?;
             for row in rows {
                 jobs.push(job_from_row(row, &token)?);
             }
@@ -380,6 +376,34 @@ mod tests {
     use super::super::conformance as c;
     use super::super::store::DeliveryStore;
     use super::*;
+
+    /// Both lease statements and the queue depth search their index: a lease must not read
+    /// every message ever accepted to find the few with a job.
+    #[tokio::test]
+    async fn leases_search_the_due_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
+        for (sql, index) in [
+            (LEASE_SENDS, "send_messages_due"),
+            (LEASE_OTHERS, "delivery_jobs_ready"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .bind(0_i64)
+                    .bind("t")
+                    .bind(0_i64)
+                    .bind(1_i64)
+                    .fetch_all(&s.pool)
+                    .await
+                    .unwrap();
+            let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(
+                steps.iter().all(|d| !d.starts_with("SCAN"))
+                    && steps.iter().any(|d| d.contains(index)),
+                "{steps:?}"
+            );
+        }
+    }
 
     /// The two tables take turns being served first: a backlog of sends does not hold back
     /// callbacks, nor the reverse, even when every lease round could be filled by one kind.
