@@ -99,17 +99,7 @@ async fn each_message_is_answered_and_stored_on_its_own() -> Result<()> {
             .contains("changed"))
     );
     // Stored: the single one, a and c; each with its job and its key.
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 3);
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
-            .await?,
-        3
-    );
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
-            .await?,
-        3
-    );
+    assert_eq!(rig.stored().await?, (3, 3, 3));
     // Every stored message has its status view; the history starts at `queued`.
     let v = rig.status(&id(6)).await?;
     assert_eq!(v.status, MessageStatus::Queued);

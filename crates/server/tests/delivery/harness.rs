@@ -228,6 +228,18 @@ impl Rig {
         Ok(sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await?)
     }
 
+    /// Stored messages, those with a send job, and those with an idempotency key (on the
+    /// embedded store all three are one row: message, job and key are stored together).
+    pub async fn stored(&self) -> Result<(i64, i64, i64)> {
+        let db = self.db().await?;
+        let counts =
+            sqlx::query_as("SELECT COUNT(*), COUNT(job_due), COUNT(idem_key) FROM send_messages")
+                .fetch_one(&db)
+                .await?;
+        db.close().await;
+        Ok(counts)
+    }
+
     pub async fn count(&self, sql: &str) -> Result<i64> {
         let db = self.db().await?;
         let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&db).await?;

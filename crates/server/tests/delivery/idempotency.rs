@@ -27,12 +27,7 @@ async fn same_key_same_body_same_answer_other_body_refused() -> Result<()> {
 
     // Another key is another message.
     assert_ne!(rig.send_ok("order-2", &body).await?, first);
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 2);
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
-            .await?,
-        2
-    );
+    assert_eq!(rig.stored().await?, (2, 2, 2));
 
     // Keys are per tenant.
     let other_tenant = rig.gateway.create_tenant("globex").await?;
@@ -90,17 +85,7 @@ async fn twenty_parallel_requests_with_one_key_store_one_message() -> Result<()>
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the same message");
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 1);
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
-            .await?,
-        1
-    );
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
-            .await?,
-        1
-    );
+    assert_eq!(rig.stored().await?, (1, 1, 1));
     Ok(())
 }
 
@@ -118,29 +103,14 @@ async fn a_failure_after_the_row_is_written_leaves_nothing_and_frees_the_key() -
     let poisoned = text("+15550000666", "hello", "sms");
     let (status, p) = problem(rig.send(Some("k-atomic"), &poisoned).await?).await?;
     assert_eq!((status, p.code.as_str()), (500, "internal"));
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 0);
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
-            .await?,
-        0
-    );
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
-            .await?,
-        0
-    );
+    assert_eq!(rig.stored().await?, (0, 0, 0));
     // Other messages are unaffected meanwhile.
     rig.send_ok("k-other", &text(SMS_ONLY, "fine", "sms"))
         .await?;
     sqlx::query("DROP TRIGGER fail_job").execute(&db).await?;
     // The client's retry with the same key now succeeds.
     rig.send_ok("k-atomic", &poisoned).await?;
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 2);
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
-            .await?,
-        2
-    );
+    assert_eq!(rig.stored().await?, (2, 2, 2));
     Ok(())
 }
 
@@ -211,17 +181,7 @@ async fn refused_requests_store_nothing() -> Result<()> {
             "case {i}: {body}"
         );
     }
-    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 0);
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE job_due IS NOT NULL")
-            .await?,
-        0
-    );
-    assert_eq!(
-        rig.count("SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL")
-            .await?,
-        0
-    );
+    assert_eq!(rig.stored().await?, (0, 0, 0));
     // No API key: 401.
     let resp = rig
         .http
