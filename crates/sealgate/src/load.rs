@@ -245,8 +245,9 @@ pub async fn raw_insert_ceiling(
 
 /// Messages per second that the store's own accept transaction
 /// ([`DeliveryStore::accept_messages`]: the message with its idempotency key and send job; one
-/// row per message on SQLite) reaches on a fresh embedded store in `dir`, `batch` messages per transaction with
-/// `body_bytes`-byte texts, called directly — the ceiling for the HTTP accept path.
+/// row per message on SQLite) reaches on a fresh embedded store in `dir`, `batch` messages per
+/// transaction with `body_bytes`-byte texts, called directly — the ceiling for the HTTP accept
+/// path.
 pub async fn store_accept_ceiling(
     dir: &Path,
     messages: usize,

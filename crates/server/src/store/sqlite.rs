@@ -60,16 +60,29 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// Frames a passive checkpoint left uncopied above which the next one starts at once.
 const CHECKPOINT_CHASE_FRAMES: i64 = 1_024;
 
+/// Whether the next passive checkpoint should start at once, from the (WAL frames, frames
+/// copied) after the previous round and after this one: only if this round copied something
+/// (a WAL that restarted from its beginning counts) and many frames are still uncopied.
+fn chase_wal(last: (i64, i64), now: (i64, i64)) -> bool {
+    let (log, copied) = now;
+    let progressed = log < last.0 || copied > last.1;
+    progressed && log - copied > CHECKPOINT_CHASE_FRAMES
+}
+
 /// Checkpoint the WAL from a connection of its own. With automatic checkpoints, the commit
 /// that crosses the threshold copies the WAL into the database and fsyncs it while every
 /// other write waits; here a passive checkpoint runs beside the writer on another thread and
 /// never blocks it.
 async fn run_checkpoints(conn: SqlitePool) {
     let mut behind = false;
+    // (WAL frames, frames copied) after the last round.
+    let mut last = (0_i64, 0_i64);
     loop {
-        // While a passive round leaves many frames uncopied, the next starts at once: during
-        // a burst the copy keeps pace with the writer instead of idling between ticks until
-        // the WAL crosses the restart threshold (a restart stalls every writer).
+        // While a passive round copies frames and leaves many uncopied, the next starts at
+        // once: during a burst the copy keeps pace with the writer instead of idling between
+        // ticks until the WAL crosses the restart threshold (a restart stalls every writer).
+        // A round that copied nothing (a reader holds an old snapshot) waits for the tick, so
+        // this never spins.
         if !behind {
             tokio::time::sleep(CHECKPOINT_EVERY).await;
         }
@@ -77,7 +90,14 @@ async fn run_checkpoints(conn: SqlitePool) {
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_one(&conn)
                 .await;
-        behind = matches!(passive, Ok((_, log, copied)) if log - copied > CHECKPOINT_CHASE_FRAMES);
+        behind = match passive {
+            Ok((_, log, copied)) => {
+                let chase = chase_wal(last, (log, copied));
+                last = (log, copied);
+                chase
+            }
+            Err(_) => false,
+        };
         match passive {
             Ok((_, log, _)) if log > WAL_RESTART_FRAMES => {
                 if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
@@ -206,6 +226,23 @@ mod conformance {
 #[cfg(test)]
 mod tests {
     use super::SqliteStore;
+
+    /// The checkpointer chases a growing WAL only while it makes progress: a reader holding
+    /// an old snapshot stops the copy, and then it must wait for its tick, not spin.
+    #[test]
+    fn the_checkpointer_chases_only_while_it_copies() {
+        use super::chase_wal;
+        assert!(
+            chase_wal((4_000, 1_000), (9_000, 4_000)),
+            "copied, far behind"
+        );
+        assert!(!chase_wal((4_000, 1_000), (9_000, 1_000)), "copied nothing");
+        assert!(
+            !chase_wal((4_000, 1_000), (4_500, 4_000)),
+            "nearly caught up"
+        );
+        assert!(chase_wal((9_000, 9_000), (3_000, 0)), "the WAL restarted");
+    }
 
     /// Commits never checkpoint (the writer's automatic checkpoint is off), so only the
     /// background task moves committed pages from the WAL into the database file.
