@@ -209,6 +209,34 @@ async fn forbidden_submissions_are_refused_and_routes_counted() -> Result<()> {
     ] {
         assert!(metrics.contains(series), "missing {series}");
     }
+    // In a batch the reason header labels every fallback message that is stored; a refused
+    // one (sensitive plain SMS) is counted as refused, not as a route.
+    let resp = rig
+        .http
+        .post(rig.url("/v1/messages/batch"))
+        .bearer_auth(&rig.api_key)
+        .header("sealgate-fallback-reason", "no_e2ee_device")
+        .json(&json!({"messages": [
+            {"idempotency_key": "b1", "to": SMS_ONLY, "class": "marketing", "body": {"text": "a"}},
+            {"idempotency_key": "b2", "to": SMS_ONLY, "class": "marketing", "body": {"text": "b"}},
+            {"idempotency_key": "b3", "to": SMS_ONLY, "class": "sensitive",
+             "body": {"text": "c", "channel": "sms"}},
+        ]}))
+        .send()
+        .await?;
+    let (s, r) = json_of(resp).await?;
+    assert_eq!(
+        (s, &r["accepted"], &r["refused"]),
+        (200, &json!(2), &json!(1)),
+        "{r}"
+    );
+    let metrics = rig.metrics().await?;
+    for series in [
+        r#"sealgate_route_total{class="marketing",reason="no_e2ee_device",route="plain_sms"} 3"#,
+        r#"sealgate_route_refused_total{class="sensitive",route="plain_sms"} 2"#,
+    ] {
+        assert!(metrics.contains(series), "missing {series}");
+    }
     // A policy that blocks marketing fallbacks refuses what was allowed a moment ago.
     let (s, _) = put_policy(
         &rig,

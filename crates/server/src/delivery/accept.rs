@@ -249,10 +249,7 @@ impl Acceptor {
 
     /// Store `message` with its job; resolves after the commit.
     pub async fn accept(&self, message: NewMessage) -> ApiResult<AcceptOutcome> {
-        let answer = self.enqueue(message).await?;
-        answer
-            .await
-            .map_err(|_| ApiError::internal("accept writer dropped a request"))?
+        answered(self.enqueue(message).await?).await
     }
 
     /// Store each of `messages` with its job, each on its own (a batch request): every one is
@@ -266,16 +263,14 @@ impl Acceptor {
         let mut out = Vec::with_capacity(answers.len());
         for answer in answers {
             out.push(match answer {
-                Ok(answer) => answer
-                    .await
-                    .map_err(|_| ApiError::internal("accept writer dropped a request"))
-                    .and_then(|r| r),
+                Ok(answer) => answered(answer).await,
                 Err(e) => Err(e),
             });
         }
         out
     }
 
+    /// Hand `message` to the writer; the receiver yields its outcome after the commit.
     async fn enqueue(
         &self,
         message: NewMessage,
@@ -287,6 +282,13 @@ impl Acceptor {
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down"))?;
         Ok(answer)
     }
+}
+
+/// The writer's answer to one enqueued message.
+async fn answered(answer: oneshot::Receiver<ApiResult<AcceptOutcome>>) -> ApiResult<AcceptOutcome> {
+    answer
+        .await
+        .map_err(|_| ApiError::internal("accept writer dropped a request"))?
 }
 
 async fn writer(

@@ -231,8 +231,8 @@ fn settle(
 /// and queued) or the `error` that request would have answered. A refused message stores
 /// nothing; retrying the whole batch with the same keys is safe (stored ones are answered
 /// again with their id). The batch's size counts against the rate limit and the daily quota
-/// all at once: if it does not fit, nothing is stored (`429`). `X-Fallback-Reason` applies to
-/// every fallback message of the batch. The body is bounded by `max_body_bytes`.
+/// all at once: if it does not fit, nothing is stored (`429`). The `Sealgate-Fallback-Reason`
+/// header applies to every fallback message of the batch. The body is bounded by `max_body_bytes`.
 #[utoipa::path(
     post,
     path = "/v1/messages/batch",

@@ -163,8 +163,8 @@ pub struct TenantCallback {
 pub trait DeliveryStore: Send + Sync {
     /// Accept a batch in one transaction (group commit). For each message, in order: if its
     /// (tenant, idempotency key) is new, store the key, the message (whose `accepted_at` is
-    /// its `queued` history entry) and its send job; otherwise answer from the stored key. Messages later in the
-    /// batch see the keys of earlier ones. One message failing leaves nothing of it and does
+    /// its `queued` history entry) and its send job; otherwise answer from the stored key.
+    /// Messages later in the batch see the keys of earlier ones. One message failing leaves nothing of it and does
     /// not affect the others (inner `Err`); the outer `Err` means the commit failed and
     /// nothing of the batch is stored.
     async fn accept_messages(
