@@ -225,10 +225,12 @@ pub struct DeliveryConfig {
     pub idempotency_retention_secs: u64,
     /// Largest `ttl_secs` a message may ask for.
     pub max_ttl_secs: u64,
-    /// Per-tenant sends per second on `POST /v1/messages` (0 = unlimited) and burst.
+    /// Per-tenant sends per second on `POST /v1/messages` (0 = unlimited) and burst, per api
+    /// process.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
-    /// Per-tenant accepted sends per UTC day (0 = unlimited).
+    /// Per-tenant accepted sends per UTC day (0 = unlimited), counted in the store: shared by
+    /// every process on it and kept across restarts (`delivery/limiter.rs`).
     pub daily_quota: u64,
 }
 

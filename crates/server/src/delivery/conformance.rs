@@ -520,3 +520,40 @@ pub async fn real_clock_queue(b: &dyn DeliveryBackend, rc: &RealClock) {
     }
     assert_eq!(b.depth().await.expect("depth"), 0);
 }
+
+/// The daily quota: concurrent takes (as from several api processes) grant exactly the limit
+/// in total, partly at the end; a new day starts from zero; a lagging day gets nothing and
+/// does not reset the count; a lowered limit grants nothing more; tenants count apart.
+pub async fn daily_quota(b: Arc<dyn DeliveryBackend>) {
+    const LIMIT: u64 = 100;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut got = 0;
+                loop {
+                    let g = b.take_quota("t1", 20_000, 7, LIMIT).await.expect("take");
+                    assert!(g <= 7, "granted {g} of 7");
+                    if g == 0 {
+                        return got;
+                    }
+                    got += g;
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("join");
+    }
+    assert_eq!(total, LIMIT, "the takes together got exactly the limit");
+    assert_eq!(b.take_quota("t1", 20_000, 1, LIMIT).await.unwrap(), 0);
+    assert_eq!(b.take_quota("t2", 20_000, 30, LIMIT).await.unwrap(), 30);
+    // Midnight: a process whose clock still says yesterday gets nothing and resets nothing.
+    assert_eq!(b.take_quota("t1", 20_001, 60, LIMIT).await.unwrap(), 60);
+    assert_eq!(b.take_quota("t1", 20_000, 5, LIMIT).await.unwrap(), 0);
+    assert_eq!(b.take_quota("t1", 20_001, 60, LIMIT).await.unwrap(), 40);
+    // A lowered limit below the day's count grants nothing and keeps the count.
+    assert_eq!(b.take_quota("t2", 20_000, 5, 10).await.unwrap(), 0);
+    assert_eq!(b.take_quota("t2", 20_000, 80, LIMIT).await.unwrap(), 70);
+}

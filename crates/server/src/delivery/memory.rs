@@ -39,6 +39,8 @@ struct State {
     push: HashMap<String, String>,
     /// Mailbox deliveries: message id → devices.
     inapp: HashMap<String, Vec<String>>,
+    /// Daily quota: tenant → (day, used).
+    quota: HashMap<String, (i64, u64)>,
 }
 
 impl State {
@@ -334,6 +336,26 @@ impl DeliveryStore for MemoryBackend {
         s.idem.retain(|_, (_, _, at)| *at >= before_ms);
         Ok((before - s.idem.len()) as u64)
     }
+
+    async fn take_quota(
+        &self,
+        tenant_id: &str,
+        day: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let mut s = self.state();
+        let (on, used) = s.quota.entry(tenant_id.to_owned()).or_insert((day, 0));
+        if day < *on {
+            return Ok(0);
+        }
+        if day > *on {
+            (*on, *used) = (day, 0);
+        }
+        let granted = want.min(limit.saturating_sub(*used));
+        *used += granted;
+        Ok(granted)
+    }
 }
 
 #[async_trait]
@@ -487,5 +509,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_leases() {
         c::concurrent_leases_are_disjoint(Arc::new(MemoryBackend::new())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn daily_quota() {
+        c::daily_quota(Arc::new(MemoryBackend::new())).await;
     }
 }

@@ -74,6 +74,7 @@ fn refused(state: &AppState, tenant: &str, refusal: Refusal) -> ApiError {
                 format!("messages: this tenant's rate limit allows at most {burst} per request"),
             );
         }
+        Refusal::Store(e) => return e.into(),
     };
     state
         .delivery()
@@ -135,7 +136,8 @@ pub async fn send_message(
     state
         .delivery()
         .limiter()
-        .check(tenant, 1, now)
+        .check(state.delivery().backend().as_ref(), tenant, 1, now)
+        .await
         .map_err(|r| refused(&state, tenant, r))?;
     let (message, route) = new_message(&state, tenant, key, req, &headers, now).await?;
     let outcome = state.delivery().acceptor().accept(message).await?;
@@ -265,7 +267,13 @@ pub async fn send_batch(
     state
         .delivery()
         .limiter()
-        .check(tenant, u32::try_from(count).unwrap_or(u32::MAX), now)
+        .check(
+            state.delivery().backend().as_ref(),
+            tenant,
+            u32::try_from(count).unwrap_or(u32::MAX),
+            now,
+        )
+        .await
         .map_err(|r| refused(&state, tenant, r))?;
     // Check every message; the valid ones go to the group-commit writer together.
     let mut results: Vec<BatchResult> = Vec::with_capacity(count);

@@ -128,6 +128,16 @@ impl DeliveryStore for SplitBackend {
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.store.purge_idempotency(before_ms).await
     }
+
+    async fn take_quota(
+        &self,
+        tenant_id: &str,
+        day: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        self.store.take_quota(tenant_id, day, want, limit).await
+    }
 }
 
 #[async_trait]

@@ -483,7 +483,39 @@ impl DeliveryStore for SqliteStore {
             .rows_affected(),
         )
     }
+
+    async fn take_quota(
+        &self,
+        tenant_id: &str,
+        day: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let granted: Option<(i64,)> = sqlx::query_as(TAKE_QUOTA)
+            .bind(tenant_id)
+            .bind(day)
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(granted.map_or(0, |(g,)| u64::try_from(g).unwrap_or(0)))
+    }
 }
+
+/// [`DeliveryStore::take_quota`] in one statement: every `SET` expression reads the row as it
+/// was, so `granted` is the new count minus the old. A count above `limit` (the limit was
+/// lowered) is kept, not lowered. No row comes back when the call's day is older than the
+/// stored one. `?1` tenant, `?2` day, `?3` wanted, `?4` limit.
+const TAKE_QUOTA: &str = "INSERT INTO send_quota (tenant_id, day, used, granted) \
+     VALUES (?1, ?2, min(?3, ?4), min(?3, ?4)) \
+     ON CONFLICT (tenant_id) DO UPDATE SET day = ?2, \
+     used = CASE WHEN send_quota.day = ?2 \
+         THEN max(send_quota.used, min(send_quota.used + ?3, ?4)) ELSE min(?3, ?4) END, \
+     granted = CASE WHEN send_quota.day = ?2 \
+         THEN max(send_quota.used, min(send_quota.used + ?3, ?4)) - send_quota.used \
+         ELSE min(?3, ?4) END \
+     WHERE send_quota.day <= ?2 \
+     RETURNING granted";
 
 #[cfg(test)]
 mod tests {

@@ -236,6 +236,19 @@ pub trait DeliveryStore: Send + Sync {
 
     /// Forget idempotency keys created before `before_ms`. Returns how many.
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Take up to `want` sends of `tenant_id`'s daily quota of `limit` for UTC day `day`
+    /// (days since the Unix epoch), atomically across every process sharing this store.
+    /// Returns how many were granted (`0..=want`): fewer when the day's count nears `limit`,
+    /// none when it is reached or when `day` is older than the day the tenant's count is on
+    /// (a process whose clock lags at midnight). A newer day starts the count from zero.
+    async fn take_quota(
+        &self,
+        tenant_id: &str,
+        day: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Everything the workers need from a backend: messages and the queue.

@@ -246,6 +246,14 @@ macro_rules! backend_suite {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn delivery_daily_quota() {
+            let Some((_guard, b)) = $open("delivery_daily_quota").await else {
+                return;
+            };
+            $crate::delivery::conformance::daily_quota(b).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn queue_on_the_real_clock() {
             let Some((_guard, b)) = $open("queue_on_the_real_clock").await else {
                 return;

@@ -219,15 +219,39 @@ async fn rate_limit_and_quota_answer_429_with_retry_after() -> Result<()> {
         "{m}"
     );
 
-    let rig = Rig::start(None, |c| {
+    let quota = |c: &mut sealgate_server::Config| {
         c.delivery.workers = 0;
-        c.delivery.daily_quota = 1;
-    })
-    .await?;
+        c.delivery.daily_quota = 3;
+    };
+    let rig = Rig::start(None, quota).await?;
     rig.send_ok("q1", &text(SMS_ONLY, "1", "sms")).await?;
-    let resp = rig.send(Some("q2"), &text(SMS_ONLY, "2", "sms")).await?;
+    rig.send_ok("q2", &text(SMS_ONLY, "2", "sms")).await?;
+    // A second gateway on the same store (a restart, or another api process) continues the
+    // day's count instead of starting a new one.
+    let mut config = sealgate_server::Config::for_data_dir(&rig.data_dir);
+    quota(&mut config);
+    let second = sealgate_server::Gateway::open(config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let second_url = format!("http://{}/v1/messages", listener.local_addr()?);
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(second.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let send_second = |key: &'static str| {
+        rig.http
+            .post(&second_url)
+            .bearer_auth(&rig.api_key)
+            .header("Idempotency-Key", key)
+            .json(&text(SMS_ONLY, key, "sms"))
+            .send()
+    };
+    assert_eq!(send_second("q3").await?.status(), 202);
+    let resp = send_second("q4").await?;
     assert!(resp.headers().contains_key("retry-after"));
     let (status, p) = problem(resp).await?;
     assert_eq!((status, p.code.as_str()), (429, "quota_exceeded"));
+    let (status, p) = problem(rig.send(Some("q5"), &text(SMS_ONLY, "5", "sms")).await?).await?;
+    assert_eq!((status, p.code.as_str()), (429, "quota_exceeded"));
+    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 3);
     Ok(())
 }

@@ -439,4 +439,36 @@ impl DeliveryStore for PgStore {
                 .rows_affected(),
         )
     }
+
+    async fn take_quota(
+        &self,
+        tenant_id: &str,
+        day: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        // As on SQLite (`delivery/sqlite.rs`): every SET expression reads the old row, and
+        // the row lock of the upsert orders concurrent takes across processes.
+        let granted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO send_quota (tenant_id, day, used, granted) \
+             VALUES ($1, $2, LEAST($3, $4), LEAST($3, $4)) \
+             ON CONFLICT (tenant_id) DO UPDATE SET day = $2, \
+             used = CASE WHEN send_quota.day = $2 \
+                 THEN GREATEST(send_quota.used, LEAST(send_quota.used + $3, $4)) \
+                 ELSE LEAST($3, $4) END, \
+             granted = CASE WHEN send_quota.day = $2 \
+                 THEN GREATEST(send_quota.used, LEAST(send_quota.used + $3, $4)) \
+                     - send_quota.used \
+                 ELSE LEAST($3, $4) END \
+             WHERE send_quota.day <= $2 \
+             RETURNING granted",
+        )
+        .bind(tenant_id)
+        .bind(day)
+        .bind(i64::try_from(want).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(granted.map_or(0, |(g,)| u64::try_from(g).unwrap_or(0)))
+    }
 }
