@@ -69,11 +69,17 @@ fn chase_wal(last: (i64, i64), now: (i64, i64)) -> bool {
     progressed && log - copied > CHECKPOINT_CHASE_FRAMES
 }
 
+/// How long a connection waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the restarting checkpoint waits for readers of old snapshots before it gives up
+/// until the next round (it holds the writer's turn meanwhile).
+const RESTART_BUSY_MS: u64 = 20;
+
 /// Checkpoint the WAL from a connection of its own. With automatic checkpoints, the commit
 /// that crosses the threshold copies the WAL into the database and fsyncs it while every
 /// other write waits; here a passive checkpoint runs beside the writer on another thread and
-/// never blocks it.
-async fn run_checkpoints(conn: SqlitePool) {
+/// never blocks it. Only the restart (below `WAL_RESTART_FRAMES`) takes the writer's turn.
+async fn run_checkpoints(conn: SqlitePool, writer: SqlitePool) {
     let mut behind = false;
     // (WAL frames, frames copied) after the last round.
     let mut last = (0_i64, 0_i64);
@@ -100,10 +106,7 @@ async fn run_checkpoints(conn: SqlitePool) {
         };
         match passive {
             Ok((_, log, _)) if log > WAL_RESTART_FRAMES => {
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&conn)
-                    .await
-                {
+                if let Err(e) = restart_wal(&writer).await {
                     tracing::warn!(error = %e, "WAL restart checkpoint failed");
                 }
             }
@@ -111,6 +114,29 @@ async fn run_checkpoints(conn: SqlitePool) {
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
     }
+}
+
+/// The restarting checkpoint, on the writing connection taken from its pool like any write.
+/// From a connection of its own, it contended for SQLite's write lock with the writer, and
+/// the loser slept in SQLite's busy handler in steps of 1, 2, 5, 10, 15 … ms: the writer's
+/// next transaction stalled for 8–145 ms where the checkpoint itself took a few. Taken from
+/// the pool, the lock is never contended; only readers of older snapshots are waited for, at
+/// most `RESTART_BUSY_MS` (the result then says busy, and the next round tries again).
+async fn restart_wal(writer: &SqlitePool) -> Result<(), sqlx::Error> {
+    let mut conn = writer.acquire().await?;
+    sqlx::query(&format!("PRAGMA busy_timeout = {RESTART_BUSY_MS}"))
+        .execute(&mut *conn)
+        .await?;
+    let restarted = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .execute(&mut *conn)
+        .await;
+    sqlx::query(&format!(
+        "PRAGMA busy_timeout = {}",
+        BUSY_TIMEOUT.as_millis()
+    ))
+    .execute(&mut *conn)
+    .await?;
+    restarted.map(drop)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,7 +158,7 @@ impl SqliteStore {
             // NORMAL in WAL mode: a committed transaction survives a process crash (kill -9);
             // only an OS crash or power loss can roll back the last transactions.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -152,7 +178,10 @@ impl SqliteStore {
             .await?;
         let (batches, rx) = mpsc::channel(MAX_WRITE_BATCH * 4);
         tokio::spawn(sqlite_batch::run(writer.clone(), rx));
-        let checkpoints = Arc::new(AbortOnDrop(tokio::spawn(run_checkpoints(checkpointer))));
+        let checkpoints = Arc::new(AbortOnDrop(tokio::spawn(run_checkpoints(
+            checkpointer,
+            writer.clone(),
+        ))));
         Ok(Self {
             pool,
             writer,
@@ -275,5 +304,66 @@ mod tests {
             after >= before + 16 * 65536,
             "database file {before} → {after} bytes: the WAL was not checkpointed"
         );
+    }
+
+    /// The restart runs on the writing connection: a reader of an old snapshot delays it by
+    /// `RESTART_BUSY_MS`, not by the writers' 10 s busy timeout, which it then restores; with
+    /// no such reader, the next write starts the WAL from its beginning.
+    #[tokio::test]
+    async fn the_restart_waits_briefly_and_resets_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("r.db"))
+            .await
+            .expect("open");
+        let insert = |n: usize| {
+            let writer = store.writer.clone();
+            async move {
+                for _ in 0..n {
+                    sqlx::query("INSERT INTO t (x) VALUES (zeroblob(16384))")
+                        .execute(&writer)
+                        .await
+                        .expect("insert");
+                }
+            }
+        };
+        sqlx::query("CREATE TABLE t (x BLOB)")
+            .execute(&store.writer)
+            .await
+            .expect("create");
+        insert(8).await;
+        let mut reader = store.pool.acquire().await.expect("reader");
+        sqlx::query("BEGIN")
+            .execute(&mut *reader)
+            .await
+            .expect("begin");
+        let _: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *reader)
+            .await
+            .expect("read");
+        insert(8).await;
+        let started = std::time::Instant::now();
+        super::restart_wal(&store.writer).await.expect("restart");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "the restart waited {:?} for the reader",
+            started.elapsed()
+        );
+        let (timeout,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma");
+        assert_eq!(timeout, 10_000, "the writers' busy timeout is restored");
+        sqlx::query("COMMIT")
+            .execute(&mut *reader)
+            .await
+            .expect("end");
+        drop(reader);
+        super::restart_wal(&store.writer).await.expect("restart");
+        insert(1).await;
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&store.writer)
+            .await
+            .expect("checkpoint");
+        assert!(log < 16, "{log} WAL frames after a restart and one insert");
     }
 }
