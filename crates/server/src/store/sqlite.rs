@@ -78,7 +78,7 @@ const RESTART_BUSY_MS: u64 = 20;
 /// Checkpoint the WAL from a connection of its own. With automatic checkpoints, the commit
 /// that crosses the threshold copies the WAL into the database and fsyncs it while every
 /// other write waits; here a passive checkpoint runs beside the writer on another thread and
-/// never blocks it. Only the restart (below `WAL_RESTART_FRAMES`) takes the writer's turn.
+/// never blocks it. Only the restart (past `WAL_RESTART_FRAMES`) takes the writer's turn.
 async fn run_checkpoints(conn: SqlitePool, writer: SqlitePool) {
     let mut behind = false;
     // (WAL frames, frames copied) after the last round.
@@ -130,12 +130,17 @@ async fn restart_wal(writer: &SqlitePool) -> Result<(), sqlx::Error> {
     let restarted = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
         .execute(&mut *conn)
         .await;
-    sqlx::query(&format!(
+    let restored = sqlx::query(&format!(
         "PRAGMA busy_timeout = {}",
         BUSY_TIMEOUT.as_millis()
     ))
     .execute(&mut *conn)
-    .await?;
+    .await;
+    if let Err(e) = restored {
+        // Never hand the writers a connection that gives up on a lock after 20 ms.
+        let _ = conn.close().await;
+        return Err(e);
+    }
     restarted.map(drop)
 }
 
