@@ -679,6 +679,119 @@ mod tests {
         assert_eq!(callbacks[0].payload.as_deref(), Some(&b"{}"[..]));
     }
 
+    /// Migration 0009 rebuilds `send_messages` (cheaper CHECKs): every column of every row,
+    /// the history with its ids, the pending job and the key survive; the CHECKs and the
+    /// history's foreign key still refuse what they refused.
+    #[tokio::test]
+    async fn the_check_rebuild_keeps_rows_history_jobs_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let old = migrated_before(&path, 9).await;
+        let hash = "07".repeat(32);
+        let columns = "message_id, tenant_id, recipient, class, channel, kind, group_id, \
+             epoch, payload, status, reason, attempts, correlation_id, accepted_at, \
+             expires_at, updated_at, job_due, job_since, job_leases, lease_token, last_error, \
+             idem_key, request_hash";
+        for sql in [
+            format!(
+                "INSERT INTO send_messages ({columns}) VALUES \
+                 ('m1', 't1', 'u1', 'sensitive', 'inapp', 'mls', 'abcd', 7, x'0102', \
+                  'queued', NULL, 2, 'corr-1', 1000, 9000, 1500, 4000, 1000, 2, NULL, \
+                  'HTTP 503', 'k1', x'{hash}'), \
+                 ('m2', 't1', '+15551234567', 'marketing', 'sms', 'text', NULL, NULL, x'', \
+                  'failed', 'carrier_rejected', 1, NULL, 1100, NULL, 1200, NULL, NULL, 1, \
+                  NULL, NULL, NULL, NULL)"
+            ),
+            "INSERT INTO send_history (id, message_id, status, reason, at) VALUES \
+             (5, 'm2', 'sending', NULL, 1150), (9, 'm2', 'failed', 'carrier_rejected', 1200)"
+                .into(),
+        ] {
+            sqlx::query(&sql).execute(&old).await.unwrap();
+        }
+        // Every column of a row, quoted (blobs as hex), after its rowid.
+        let dump = format!(
+            "SELECT quote(rowid) || '|' || {} FROM send_messages \
+             WHERE message_id IN ('m1', 'm2') ORDER BY rowid",
+            columns
+                .split(',')
+                .map(|c| format!("quote({})", c.trim()))
+                .collect::<Vec<_>>()
+                .join(" || '|' || ")
+        );
+        let before: Vec<String> = sqlx::query_scalar(&dump).fetch_all(&old).await.unwrap();
+        old.close().await;
+
+        let s = SqliteStore::open(&path).await.expect("migrates");
+        // Every column of both rows, as before.
+        let after: Vec<String> = sqlx::query_scalar(&dump).fetch_all(&s.pool).await.unwrap();
+        assert_eq!(after, before);
+        assert_eq!(before.len(), 2);
+        let (check,): (String,) =
+            sqlx::query_as("SELECT sql FROM sqlite_schema WHERE name = 'send_messages'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert!(!check.contains(" IN ("), "{check}");
+        let (integrity,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+        let (rows, history): (i64, Vec<(i64, String)>) = (
+            sqlx::query_scalar("SELECT COUNT(*) FROM send_messages")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap(),
+            sqlx::query_as("SELECT id, status FROM send_history ORDER BY id")
+                .fetch_all(&s.pool)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(rows, 2);
+        assert_eq!(history, [(5, "sending".into()), (9, "failed".into())]);
+        let v = s.message_view("t1", "m2").await.unwrap().unwrap();
+        assert_eq!(v.history.len(), 3, "queued (accepted_at), sending, failed");
+        let m1 = s.outbound("m1").await.unwrap().unwrap();
+        assert_eq!(m1.payload, [1, 2]);
+        assert_eq!(m1.correlation_id.as_deref(), Some("corr-1"));
+        let jobs = s
+            .lease("w", 10, std::time::Duration::from_secs(10), 4000)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (jobs[0].attempts, jobs[0].last_error.as_deref()),
+            (3, Some("HTTP 503"))
+        );
+        let out = s
+            .accept_messages(&[c::message("k1", 7, 5000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: "m1".into()
+            }
+        );
+        for bad in [
+            "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
+             payload, status, accepted_at, updated_at) VALUES ('x', 't1', 'r', 'bulk', 'sms', \
+             'text', x'', 'queued', 1, 1)",
+            "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
+             payload, status, accepted_at, updated_at) VALUES ('x', 't1', 'r', 'marketing', \
+             'fax', 'text', x'', 'queued', 1, 1)",
+            "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
+             payload, status, accepted_at, updated_at) VALUES ('x', 't1', 'r', 'marketing', \
+             'sms', 'html', x'', 'queued', 1, 1)",
+            "INSERT INTO send_history (message_id, status, at) VALUES ('nope', 'sent', 1)",
+        ] {
+            assert!(
+                sqlx::query(bad).execute(&s.writer).await.is_err(),
+                "accepted: {bad}"
+            );
+        }
+    }
+
     /// A failure between the key and its message (injected with a trigger on the message
     /// table) leaves neither, and does not take the rest of the batch down.
     #[tokio::test]
