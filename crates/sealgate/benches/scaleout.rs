@@ -17,7 +17,9 @@
 //! `SEALGATE_TEST_NATS_URL` set (without them only the embedded figures are printed). The
 //! load generator, the api gateway, the worker processes, the simulator, PostgreSQL and NATS
 //! all share the 2 cores, so every figure is a floor, and a second worker process adds calls
-//! in flight but no CPU.
+//! in flight but no CPU. So each accept round also prints the CPU time it cost per accepted
+//! message, split into this process (gateway, load generator, simulator), PostgreSQL's
+//! processes and nats-server (from `/proc`, on Linux).
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -46,6 +48,75 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(bench())
+}
+
+/// CPU seconds used so far by this process and by each PostgreSQL and nats-server process
+/// (user + system time from `/proc/*/stat`; empty where `/proc` is unreadable).
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    own: f64,
+    /// pid → (is PostgreSQL, seconds).
+    others: std::collections::HashMap<u32, (bool, f64)>,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        // Linux reports these times in clock ticks of 1/100 s (USER_HZ) on every common build.
+        const TICK: f64 = 0.01;
+        let ticks = |stat: &str| -> Option<(String, f64)> {
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // Fields after the name: state is 3rd overall, utime 14th and stime 15th.
+            let used =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some((comm.to_owned(), used * TICK))
+        };
+        let mut cpu = Cpu::default();
+        if let Some((_, own)) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| ticks(&s))
+        {
+            cpu.own = own;
+        }
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            match ticks(&stat) {
+                Some((comm, used)) if comm.starts_with("postgres") => {
+                    cpu.others.insert(pid, (true, used));
+                }
+                Some((comm, used)) if comm == "nats-server" => {
+                    cpu.others.insert(pid, (false, used));
+                }
+                _ => {}
+            }
+        }
+        cpu
+    }
+
+    /// Microseconds of CPU per message between `self` and `later`. A process that started in
+    /// between counts whole; one that ended in between is missed (none does during accepts).
+    fn per_message(&self, later: &Cpu, messages: usize) -> String {
+        let (mut pg, mut nats) = (0.0, 0.0);
+        for (pid, (is_pg, used)) in &later.others {
+            let before = self.others.get(pid).map_or(0.0, |(_, u)| *u);
+            *(if *is_pg { &mut pg } else { &mut nats }) += used - before;
+        }
+        let us = |seconds: f64| seconds * 1e6 / messages as f64;
+        let (own, pg, nats) = (us(later.own - self.own), us(pg), us(nats));
+        format!(
+            "CPU per accept {:.0} µs: this process {own:.0}, PostgreSQL {pg:.0}, nats-server {nats:.0}",
+            own + pg + nats
+        )
+    }
 }
 
 struct Running {
@@ -141,6 +212,7 @@ async fn scenario(
     let mut out = Vec::new();
     for (round, &workers) in worker_counts.iter().enumerate() {
         let recipients: Vec<String> = (0..100).map(|i| format!("+1555700{i:04}")).collect();
+        let cpu_before = Cpu::now();
         let report = run(LoadConfig {
             url: api.url.clone(),
             api_key: tenant.api_key.clone(),
@@ -156,6 +228,7 @@ async fn scenario(
         })
         .await?;
         anyhow::ensure!(report.errors == 0, "{name}: {} sends failed", report.errors);
+        let cpu = cpu_before.per_message(&Cpu::now(), messages);
         let mut running = Vec::new();
         let mut processes = Vec::new();
         let mut urls = Vec::new();
@@ -190,7 +263,7 @@ async fn scenario(
             let _ = child.wait();
         }
         println!(
-            "{name}: {:.0} durable accepts/s (p50 {:.1} ms, p99 {:.1} ms); drain with {workers} worker {}: {drain:.0} msg/s",
+            "{name}: {:.0} durable accepts/s (p50 {:.1} ms, p99 {:.1} ms; {cpu}); drain with {workers} worker {}: {drain:.0} msg/s",
             report.accepts_per_sec,
             report.latency_p50_ms,
             report.latency_p99_ms,
