@@ -237,6 +237,10 @@ mod tests {
             passed += u64::from(l.check(&s, "t", 1, 0).await.is_ok());
         }
         assert_eq!(passed, 6_400, "exactly the quota, across both");
+        assert!(
+            a.lock()["t"].exhausted && b.lock()["t"].exhausted,
+            "both stop asking the store for today"
+        );
         // A third (a restart) finds the day's count in the store.
         let c = SendLimiter::new(0, 0, 6_400);
         assert!(quota_exceeded(c.check(&s, "t", 1, 5).await));

@@ -299,14 +299,7 @@ impl JobQueue for SqliteStore {
             .bind(dead_letter_id)
             .execute(&mut *tx)
             .await?;
-        let send = match (kind.as_str(), &message_id) {
-            ("send", Some(message_id)) => Some(message_id),
-            ("send", None) => {
-                return Err(corrupt("send dead letter without message", dead_letter_id));
-            }
-            _ => None,
-        };
-        let Some(message_id) = send else {
+        if kind != JobKind::Send.as_str() {
             let (job_id,): (i64,) = sqlx::query_as(
                 "INSERT INTO delivery_jobs (kind, tenant_id, message_id, payload, not_before, \
                  created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING job_id",
@@ -321,6 +314,9 @@ impl JobQueue for SqliteStore {
             .await?;
             tx.commit().await?;
             return Ok(Some(job_id));
+        }
+        let Some(message_id) = &message_id else {
+            return Err(corrupt("send dead letter without message", dead_letter_id));
         };
         // The message gets a fresh job unless it has one (a replay repeated, or a new job
         // since): one job per message is all a worker needs.
@@ -332,39 +328,31 @@ impl JobQueue for SqliteStore {
         .bind(message_id)
         .execute(&mut *tx)
         .await?;
-        let (job_id,): (i64,) =
-            sqlx::query_as("SELECT rowid FROM send_messages WHERE message_id = ?")
+        let (job_id, status, reason): (i64, String, Option<String>) =
+            sqlx::query_as("SELECT rowid, status, reason FROM send_messages WHERE message_id = ?")
                 .bind(message_id)
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| corrupt("send dead letter of an unknown message", message_id))?;
+        if parse_status(&status)? == sealgate_proto::send::MessageStatus::Failed
+            && reason.as_deref() == Some(RETRY_WINDOW_EXHAUSTED)
         {
-            let row: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT status, reason FROM send_messages WHERE message_id = ?")
-                    .bind(message_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some((status, reason)) = row
-                && parse_status(&status)? == sealgate_proto::send::MessageStatus::Failed
-                && reason.as_deref() == Some(RETRY_WINDOW_EXHAUSTED)
-            {
-                sqlx::query(
-                    "UPDATE send_messages SET status = 'queued', reason = NULL, updated_at = ? \
-                     WHERE message_id = ?",
-                )
-                .bind(now_ms)
-                .bind(message_id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO send_history (message_id, status, reason, at) \
-                     VALUES (?, 'queued', 'replayed', ?)",
-                )
-                .bind(message_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-            }
+            sqlx::query(
+                "UPDATE send_messages SET status = 'queued', reason = NULL, updated_at = ? \
+                 WHERE message_id = ?",
+            )
+            .bind(now_ms)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO send_history (message_id, status, reason, at) \
+                 VALUES (?, 'queued', 'replayed', ?)",
+            )
+            .bind(message_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Some(job_id))
