@@ -122,6 +122,9 @@ impl State {
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     state: Mutex<State>,
+    /// How long a status change takes to "commit" (tests of what waits for one).
+    #[cfg(test)]
+    transition_latency: Mutex<std::time::Duration>,
 }
 
 impl MemoryBackend {
@@ -133,6 +136,15 @@ impl MemoryBackend {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Make every status change take `latency` (on the tokio clock) before it applies.
+    #[cfg(test)]
+    pub fn set_transition_latency(&self, latency: std::time::Duration) {
+        *self
+            .transition_latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = latency;
     }
 
     /// Devices an in-app message was delivered to (tests).
@@ -232,6 +244,14 @@ impl DeliveryStore for MemoryBackend {
     }
 
     async fn transition(&self, t: &Transition) -> Result<bool, StoreError> {
+        #[cfg(test)]
+        {
+            let latency = *self
+                .transition_latency
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tokio::time::sleep(latency).await;
+        }
         Ok(self.state().transition(t))
     }
 

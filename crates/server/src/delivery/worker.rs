@@ -282,9 +282,15 @@ async fn process_send(ctx: &WorkerContext, job: &Job) -> Result<(), StoreError> 
         // job is leased again either way, and the message id lets the provider drop the
         // repeat.
         let request = TransportRequest::Message(Box::new(m.clone()));
-        let (recorded, result) = tokio::join!(
+        // The ack's time is taken when the transport answers: after the join it would also
+        // count the wait for the `sending` record's commit (2.3 ms of a 6.6 ms p50 measured
+        // at 1,000 msg/s, where the call itself took 0.2 ms).
+        let (recorded, (result, answered_at)) = tokio::join!(
             record(ctx, &m.message_id, MessageStatus::Sending, None, true),
-            call(ctx, transport, &request)
+            async {
+                let result = call(ctx, transport, &request).await;
+                (result, ctx.clock.now_ms())
+            }
         );
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "could not record the attempt");
@@ -303,11 +309,10 @@ async fn process_send(ctx: &WorkerContext, job: &Job) -> Result<(), StoreError> 
         };
         match result {
             Ok(_) => {
-                let now = ctx.clock.now_ms();
                 ctx.metrics
                     .latency
                     .with_label_values(&[transport.as_str()])
-                    .observe((now - m.accepted_at).max(0) as f64 / 1000.0);
+                    .observe((answered_at - m.accepted_at).max(0) as f64 / 1000.0);
                 tracing::info!("sent");
                 finish(
                     ctx,

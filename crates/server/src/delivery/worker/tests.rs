@@ -178,6 +178,27 @@ async fn transient_failures_are_retried_then_sent() {
     );
 }
 
+/// The accept → ack histogram stops when the transport answers, not when the `sending`
+/// record written beside the call commits (a group commit away on SQLite).
+#[tokio::test(start_paused = true)]
+async fn ack_latency_ends_at_the_transports_answer() {
+    let t = Scripted::new(vec![], Ok(TransportAck::default()));
+    let rig = rig(t.clone(), |_| {});
+    rig.backend
+        .set_transition_latency(Duration::from_millis(40));
+    let id = rig.accept(MessageClass::Transactional, None).await;
+    rig.run_until(&id, &[MessageStatus::Sent], Duration::from_secs(10))
+        .await;
+    assert_eq!(t.calls().len(), 1);
+    let latency = rig.ctx.metrics.latency.with_label_values(&["rcs"]);
+    assert_eq!(latency.get_sample_count(), 1);
+    assert!(
+        latency.get_sample_sum() < 0.040,
+        "observed {} s: the record's commit was counted",
+        latency.get_sample_sum()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_a_lower_bound() {
     let t = Scripted::new(
