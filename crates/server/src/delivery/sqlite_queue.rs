@@ -132,9 +132,6 @@ impl JobQueue for SqliteStore {
         let until = now_ms.saturating_add(millis(lease));
         let sends_first = self.sends_first.fetch_xor(true, Ordering::Relaxed);
         let mut jobs = Vec::with_capacity(max);
-        // Both tables in one transaction: one turn of the writing connection (which the
-        // accept and status batches share) instead of one per table on every lease.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for sends in [sends_first, !sends_first] {
             let room = max - jobs.len();
             if room == 0 {
@@ -146,13 +143,12 @@ impl JobQueue for SqliteStore {
                 .bind(&token)
                 .bind(now_ms)
                 .bind(room)
-                .fetch_all(&mut *tx)
+                .fetch_all(&self.writer)
                 .await?;
             for row in rows {
                 jobs.push(job_from_row(row, &token)?);
             }
         }
-        tx.commit().await?;
         Ok(jobs)
     }
 
