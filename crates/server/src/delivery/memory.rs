@@ -250,7 +250,9 @@ impl DeliveryStore for MemoryBackend {
                 .transition_latency
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tokio::time::sleep(latency).await;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
         }
         Ok(self.state().transition(t))
     }

@@ -155,11 +155,17 @@ async fn run_checkpoints(conn: SqlitePool, writer: SqlitePool, db: Option<Arc<Fi
         if next == Next::Restart {
             let started = std::time::Instant::now();
             match restart_wal(&writer).await {
-                Ok(()) => tracing::debug!(
-                    frames = log,
-                    ms = started.elapsed().as_secs_f64() * 1e3,
-                    "WAL restarted"
-                ),
+                Ok(true) => {
+                    tracing::debug!(
+                        frames = log,
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "WAL restarted"
+                    );
+                    // The next round counts from the WAL's start, even if the writer has
+                    // refilled it past `log` by then.
+                    (last, last_fresh) = ((0, 0), 0);
+                }
+                Ok(false) => tracing::debug!("WAL restart waited for a reader; next round"),
                 Err(e) => tracing::warn!(error = %e, "WAL restart checkpoint failed"),
             }
         }
@@ -214,14 +220,16 @@ fn db_file(path: &Path) -> std::io::Result<Arc<File>> {
 /// next transaction stalled for 8–145 ms where the checkpoint itself took a few. Taken from
 /// the pool, the lock is never contended; only readers of older snapshots are waited for, at
 /// most `RESTART_BUSY_MS` (the result then says busy, and the next round tries again).
-async fn restart_wal(writer: &SqlitePool) -> Result<(), sqlx::Error> {
+/// Returns whether the WAL was restarted.
+async fn restart_wal(writer: &SqlitePool) -> Result<bool, sqlx::Error> {
     let mut conn = writer.acquire().await?;
     sqlx::query(&format!("PRAGMA busy_timeout = {RESTART_BUSY_MS}"))
         .execute(&mut *conn)
         .await?;
-    let restarted = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-        .execute(&mut *conn)
-        .await;
+    let restarted: Result<(i64, i64, i64), sqlx::Error> =
+        sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&mut *conn)
+            .await;
     let restored = sqlx::query(&format!(
         "PRAGMA busy_timeout = {}",
         BUSY_TIMEOUT.as_millis()
@@ -233,7 +241,7 @@ async fn restart_wal(writer: &SqlitePool) -> Result<(), sqlx::Error> {
         let _ = conn.close().await;
         return Err(e);
     }
-    restarted.map(drop)
+    restarted.map(|(busy, _, _)| busy == 0)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -475,7 +483,8 @@ mod tests {
             .expect("read");
         insert(8).await;
         let started = std::time::Instant::now();
-        super::restart_wal(&store.writer).await.expect("restart");
+        let restarted = super::restart_wal(&store.writer).await.expect("restart");
+        assert!(!restarted, "a reader of an old snapshot holds the WAL");
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "the restart waited {:?} for the reader",
@@ -491,7 +500,8 @@ mod tests {
             .await
             .expect("end");
         drop(reader);
-        super::restart_wal(&store.writer).await.expect("restart");
+        let restarted = super::restart_wal(&store.writer).await.expect("restart");
+        assert!(restarted, "no reader left");
         insert(1).await;
         let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&store.writer)
