@@ -127,7 +127,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
                     request.body(batch_body(&bodies, &config.key_prefix, n, take))
                 } else {
                     request
-                        .header("Idempotency-Key", format!("{}-{n}", config.key_prefix))
+                        .header("Idempotency-Key", idempotency_key(&config.key_prefix, n))
                         .body(bodies[n % bodies.len()].clone())
                 };
                 let t0 = Instant::now();
@@ -178,6 +178,32 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
     })
 }
 
+/// The idempotency key of message `n`: `{prefix}-` and a UUID-shaped value that is a
+/// bijection of `n` (so keys never repeat within a run) in random order, as clients' v4 UUIDs
+/// are. Sequential keys (`prefix-1`, `prefix-2`, …) would fill the store's unique key index
+/// only at its right edge, a pattern real clients never produce, and flatter every figure.
+pub fn idempotency_key(prefix: &str, n: usize) -> String {
+    let hi = mix(n as u64);
+    let lo = mix(hi);
+    format!(
+        "{prefix}-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+/// SplitMix64's step: a bijection of `u64` (an odd constant added, then xor-shifts and
+/// multiplications by odd numbers) whose outputs look random.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The body of one `POST /v1/messages/batch`: messages `n..n + take`, each a prebuilt single
 /// body (`{"to": …}`) with its key spliced in front.
 fn batch_body(bodies: &[bytes::Bytes], prefix: &str, n: usize, take: usize) -> bytes::Bytes {
@@ -188,7 +214,7 @@ fn batch_body(bodies: &[bytes::Bytes], prefix: &str, n: usize, take: usize) -> b
             out.push(b',');
         }
         let single = &bodies[i % bodies.len()];
-        let key = serde_json::to_string(&format!("{prefix}-{i}")).unwrap_or_default();
+        let key = serde_json::to_string(&idempotency_key(prefix, i)).unwrap_or_default();
         out.extend_from_slice(format!("{{\"idempotency_key\":{key},").as_bytes());
         // The single body without its opening brace.
         out.extend_from_slice(&single[1..]);
@@ -265,7 +291,7 @@ pub async fn store_accept_ceiling(
             .map(|i| NewMessage {
                 message_id: format!("msg_{i:032}"),
                 tenant_id: "tn_bench".into(),
-                idempotency_key: format!("ceiling-{i}"),
+                idempotency_key: idempotency_key("ceiling", i),
                 request_hash: vec![0; 32],
                 recipient: format!("+1555600{:04}", i % 100),
                 class: MessageClass::Transactional,
@@ -383,6 +409,25 @@ mod tests {
         let p75 = histogram_quantile(0.75, &b).unwrap();
         assert!((p75 - 0.0075).abs() < 1e-9, "{p75}");
         assert_eq!(histogram_quantile(0.5, &[(1.0, 0.0)]), None);
+    }
+
+    /// Keys never repeat within a run and arrive in no sorted order, as v4 UUIDs do.
+    #[test]
+    fn keys_are_unique_and_unordered() {
+        let keys: Vec<String> = (0..10_000).map(|n| idempotency_key("p", n)).collect();
+        let unique: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len());
+        let rising = keys.windows(2).filter(|w| w[0] < w[1]).count();
+        assert!(
+            (4_000..6_000).contains(&rising),
+            "{rising} of 9,999 pairs rise"
+        );
+        assert_eq!(
+            keys[7],
+            idempotency_key("p", 7),
+            "the same run resends the same keys"
+        );
+        assert_eq!(keys[0].len(), "p-".len() + 36, "{}", keys[0]);
     }
 
     #[test]

@@ -255,3 +255,30 @@ async fn rate_limit_and_quota_answer_429_with_retry_after() -> Result<()> {
     assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 3);
     Ok(())
 }
+
+/// A quota that cannot be counted refuses the send (it fails closed, never lets a send past
+/// an uncounted quota) with a problem+json and stores nothing; the same key goes through once
+/// the store answers again.
+#[tokio::test]
+async fn a_quota_the_store_cannot_count_refuses_and_stores_nothing() -> Result<()> {
+    let rig = Rig::start(None, |c| {
+        c.delivery.workers = 0;
+        c.delivery.daily_quota = 1_000;
+    })
+    .await?;
+    let db = rig.db().await?;
+    sqlx::query("ALTER TABLE send_quota RENAME TO send_quota_away")
+        .execute(&db)
+        .await?;
+    let body = text(SMS_ONLY, "1", "sms");
+    let (status, p) = problem(rig.send(Some("s1"), &body).await?).await?;
+    assert_eq!((status, p.code.as_str()), (500, "internal"));
+    assert!(!p.detail.unwrap_or_default().contains("send_quota"));
+    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 0);
+    sqlx::query("ALTER TABLE send_quota_away RENAME TO send_quota")
+        .execute(&db)
+        .await?;
+    rig.send_ok("s1", &body).await?;
+    assert_eq!(rig.count("SELECT COUNT(*) FROM send_messages").await?, 1);
+    Ok(())
+}
