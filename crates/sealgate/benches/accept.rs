@@ -36,7 +36,8 @@ const BODY: usize = 1024;
 const SENDERS: usize = 128;
 /// Messages per `POST /v1/messages/batch` in the batch ingest phase, and its concurrent
 /// senders: the point of the throughput–latency curve with the most throughput inside the
-/// 25 ms p99 target. Measured over four rounds each (2026-11-25, after the checkpoint change):
+/// 25 ms p99 target. Measured over four rounds each (2026-11-25, after the checkpoint change,
+/// with the sequential keys the load generator sent then):
 /// 4 senders 77–92k msg/s, p50 3.9–4.9 ms, p99 9.6–11.7 ms; 6 senders 85–95k, p99 13–17 ms;
 /// 8 senders 86–95k, p50 7.6–9.2 ms, p99 16.6–18.5 ms (and 24–26 ms in full runs); 16 gave no
 /// more throughput than 8 and twice its latency. More senders only queue in front of the
