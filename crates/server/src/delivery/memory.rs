@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sealgate_proto::send::{DeadLetter, MessageStatus, MessageView, StatusEntry};
 
 use super::queue::{Job, JobKind, JobQueue, NewJob};
-use super::sqlite::{RETRY_WINDOW_EXHAUSTED, callback_body, implied_sent, wipes_payload};
+use super::sqlite::{callback_body, implied_sent, replay_requeues, wipes_payload};
 use super::store::{
     AcceptOutcome, DeliveryStore, InAppDelivery, InAppOutcome, NewMessage, OutboundMessage,
     ReceiptOutcome, TenantCallback, Transition,
@@ -496,8 +496,7 @@ impl JobQueue for MemoryBackend {
                 .message_id
                 .as_ref()
                 .and_then(|mid| s.messages.get_mut(mid))
-            && m.status == MessageStatus::Failed
-            && m.reason.as_deref() == Some(RETRY_WINDOW_EXHAUSTED)
+            && replay_requeues(m.status, m.reason.as_deref())
         {
             m.status = MessageStatus::Queued;
             m.reason = None;

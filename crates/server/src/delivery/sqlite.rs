@@ -35,6 +35,13 @@ pub(crate) fn wipes_payload(status: MessageStatus, reason: Option<&str>) -> bool
     }
 }
 
+/// Whether a dead-letter replay puts a message in `status` (for `reason`) back in the queue:
+/// only a send that failed by exhausting its retry window (the one failure that keeps its
+/// payload, see `wipes_payload`). Every backend's `replay` asks this.
+pub(crate) fn replay_requeues(status: MessageStatus, reason: Option<&str>) -> bool {
+    status == MessageStatus::Failed && reason == Some(RETRY_WINDOW_EXHAUSTED)
+}
+
 pub(crate) fn corrupt(what: &str, v: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what} {v}"))
 }
@@ -595,19 +602,8 @@ mod tests {
                 (MessageStatus::Queued, 3000, Some("replayed")),
             ]
         );
-        // The key survived the table rebuild: the same request is answered from it, another
-        // one refused.
-        let out = s
-            .accept_messages(&[c::message("k1", 7, 5000), c::message("k1", 8, 5000)])
-            .await
-            .unwrap();
-        assert_eq!(
-            out[0].as_ref().unwrap(),
-            &AcceptOutcome::Replayed {
-                message_id: "m1".into()
-            }
-        );
-        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+        // The key survived the table rebuild.
+        assert_k1_answers_for_m1(&s).await;
     }
 
     /// A data folder from before migration 0007 keeps its pending send jobs, now on the
@@ -677,6 +673,22 @@ mod tests {
         assert_eq!(callbacks.len(), 1);
         assert_eq!(callbacks[0].kind, JobKind::Callback);
         assert_eq!(callbacks[0].payload.as_deref(), Some(&b"{}"[..]));
+    }
+
+    /// Key `k1` (hash of `c::message("k1", 7, …)`) still answers for message `m1` after a
+    /// migration: the same request is answered from it, another one refused.
+    async fn assert_k1_answers_for_m1(s: &SqliteStore) {
+        let out = s
+            .accept_messages(&[c::message("k1", 7, 5000), c::message("k1", 8, 5000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: "m1".into()
+            }
+        );
+        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
     }
 
     /// Migration 0009 rebuilds `send_messages` (cheaper CHECKs): every column of every row,
@@ -763,16 +775,7 @@ mod tests {
             (jobs[0].attempts, jobs[0].last_error.as_deref()),
             (3, Some("HTTP 503"))
         );
-        let out = s
-            .accept_messages(&[c::message("k1", 7, 5000)])
-            .await
-            .unwrap();
-        assert_eq!(
-            out[0].as_ref().unwrap(),
-            &AcceptOutcome::Replayed {
-                message_id: "m1".into()
-            }
-        );
+        assert_k1_answers_for_m1(&s).await;
         for bad in [
             "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
              payload, status, accepted_at, updated_at) VALUES ('x', 't1', 'r', 'bulk', 'sms', \

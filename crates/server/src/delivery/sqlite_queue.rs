@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use sealgate_proto::send::DeadLetter;
 
 use super::queue::{Job, JobKind, JobQueue, NewJob};
-use super::sqlite::{RETRY_WINDOW_EXHAUSTED, corrupt, parse_status};
+use super::sqlite::{corrupt, parse_status, replay_requeues};
 use super::sqlite_batch::{AckJob, WriteOp};
 use crate::auth::random_id;
 use crate::store::StoreError;
@@ -334,9 +334,7 @@ impl JobQueue for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| corrupt("send dead letter of an unknown message", message_id))?;
-        if parse_status(&status)? == sealgate_proto::send::MessageStatus::Failed
-            && reason.as_deref() == Some(RETRY_WINDOW_EXHAUSTED)
-        {
+        if replay_requeues(parse_status(&status)?, reason.as_deref()) {
             sqlx::query(
                 "UPDATE send_messages SET status = 'queued', reason = NULL, updated_at = ? \
                  WHERE message_id = ?",

@@ -15,7 +15,7 @@ use sealgate_proto::send::DeadLetter;
 
 use crate::auth::random_id;
 use crate::delivery::queue::{Job, JobKind, JobQueue, NewJob};
-use crate::delivery::sqlite::{RETRY_WINDOW_EXHAUSTED, parse_status};
+use crate::delivery::sqlite::{parse_status, replay_requeues};
 use crate::store::StoreError;
 use crate::store::postgres::PgStore;
 
@@ -293,8 +293,7 @@ impl JobQueue for PgStore {
                     .fetch_optional(&mut *tx)
                     .await?;
             if let Some((status, reason)) = row
-                && parse_status(&status)? == sealgate_proto::send::MessageStatus::Failed
-                && reason.as_deref() == Some(RETRY_WINDOW_EXHAUSTED)
+                && replay_requeues(parse_status(&status)?, reason.as_deref())
             {
                 sqlx::query(
                     "UPDATE send_messages SET status = 'queued', reason = NULL, updated_at = $1 \
