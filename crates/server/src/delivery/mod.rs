@@ -26,6 +26,7 @@ pub mod split;
 pub mod sqlite;
 mod sqlite_accept;
 pub(crate) mod sqlite_batch;
+pub(crate) mod sqlite_keys;
 pub mod sqlite_queue;
 pub mod store;
 pub mod transport;

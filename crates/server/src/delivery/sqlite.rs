@@ -476,19 +476,26 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Ok(
-            // The key index holds only keys not yet purged: walking it reads those, not every
-            // message ever accepted.
-            sqlx::query(
-                "UPDATE send_messages INDEXED BY send_messages_key \
-                 SET idem_key = NULL, request_hash = NULL \
-                 WHERE idem_key IS NOT NULL AND accepted_at < ?",
-            )
-            .bind(before_ms)
-            .execute(&self.writer)
-            .await?
-            .rows_affected(),
+        // The key log is in acceptance order, so this reads the log (small rows), not every
+        // message ever accepted. Stores on this file drop the purged keys from memory when they
+        // next look at the log's first row (`sqlite_keys.rs`); until then a purged key's
+        // candidate row no longer holds it, so it is free already.
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE send_messages SET idem_key = NULL, request_hash = NULL \
+             WHERE rowid IN (SELECT message_rowid FROM send_keys WHERE at < ?)",
         )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let purged = sqlx::query("DELETE FROM send_keys WHERE at < ?")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        self.keys.lock().await.trim_soon();
+        Ok(purged)
     }
 
     async fn take_quota(
@@ -793,6 +800,154 @@ mod tests {
                 "accepted: {bad}"
             );
         }
+    }
+
+    /// Two stores on one file (two gateway processes on one data folder) see each other's
+    /// keys: each reads the key log's new rows under the write lock before deciding, so a
+    /// key sent to both at once is stored once, and a restart reads the keys back.
+    #[tokio::test]
+    async fn stores_on_one_file_share_keys_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let a = SqliteStore::open(&path).await.unwrap();
+        let b = SqliteStore::open(&path).await.unwrap();
+        let first = c::message("k1", 1, 1000);
+        let out = a
+            .accept_messages(std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Ok(AcceptOutcome::Accepted { .. })));
+        let out = b
+            .accept_messages(&[c::message("k1", 1, 1000), c::message("k1", 2, 1000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: first.message_id.clone()
+            }
+        );
+        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+        // The same new keys at both at once: each stored exactly once.
+        for round in 0..20 {
+            let batch: Vec<NewMessage> = (0..8)
+                .map(|i| c::message(&format!("r{round}-{i}"), 1, 2000))
+                .collect();
+            let again: Vec<NewMessage> = (0..8)
+                .map(|i| c::message(&format!("r{round}-{i}"), 1, 2000))
+                .collect();
+            let (x, y) = tokio::join!(a.accept_messages(&batch), b.accept_messages(&again));
+            for (x, y) in x.unwrap().iter().zip(y.unwrap().iter()) {
+                let stored = |o: &AcceptOutcome| match o {
+                    AcceptOutcome::Accepted { message_id } => (true, message_id.clone()),
+                    AcceptOutcome::Replayed { message_id } => (false, message_id.clone()),
+                    AcceptOutcome::KeyReused => panic!("same request"),
+                };
+                let (x, y) = (stored(x.as_ref().unwrap()), stored(y.as_ref().unwrap()));
+                assert!(x.0 != y.0, "exactly one accepted: {x:?} {y:?}");
+                assert_eq!(x.1, y.1, "the replay names the stored message");
+            }
+        }
+        assert_eq!(a.depth().await.unwrap(), 161);
+        drop((a, b));
+        let c2 = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(c2.keys.lock().await.len(), 161, "every key read back");
+        let out = c2
+            .accept_messages(&[c::message("k1", 1, 3000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: first.message_id
+            }
+        );
+    }
+
+    /// A purge by one store frees the key for every store on the file at once, and each
+    /// drops the purged keys from memory when it looks at the log's front.
+    #[tokio::test]
+    async fn a_purge_frees_keys_for_every_store_and_their_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let a = SqliteStore::open(&path).await.unwrap();
+        let b = SqliteStore::open(&path).await.unwrap();
+        let old = c::message("k1", 1, 1000);
+        a.accept_messages(&[old.clone(), c::message("k2", 1, 5000)])
+            .await
+            .unwrap();
+        b.accept_messages(&[c::message("k3", 1, 5000)])
+            .await
+            .unwrap();
+        assert_eq!(b.purge_idempotency(2000).await.unwrap(), 1);
+        // `a` still holds k1's candidate: its row no longer holds the key, so k1 is new.
+        let out = a
+            .accept_messages(&[c::message("k1", 2, 6000)])
+            .await
+            .unwrap();
+        let AcceptOutcome::Accepted { message_id } = out[0].as_ref().unwrap() else {
+            panic!("{out:?}")
+        };
+        assert_ne!(*message_id, old.message_id);
+        a.keys.lock().await.trim_soon();
+        a.accept_messages(&[c::message("k4", 1, 6000)])
+            .await
+            .unwrap();
+        assert_eq!(a.keys.lock().await.len(), 4, "k2, k3, the new k1, k4");
+    }
+
+    /// Migration 0010 moves the stored keys into the key log; the gateway fills in their
+    /// hashes when it opens the file, so they still answer, and drops log rows whose message
+    /// lost its key in between.
+    #[tokio::test]
+    async fn the_key_log_migration_keeps_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let old = migrated_before(&path, 10).await;
+        let hash = "07".repeat(32);
+        sqlx::query(&format!(
+            "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, \
+             kind, payload, status, accepted_at, updated_at, idem_key, request_hash) VALUES \
+             ('m1', 't1', 'r', 'marketing', 'sms', 'text', x'', 'queued', 1000, 1000, 'k1', \
+              x'{hash}'), \
+             ('m2', 't1', 'r', 'marketing', 'sms', 'text', x'', 'queued', 1100, 1100, NULL, \
+              NULL), \
+             ('m3', 't2', 'r', 'marketing', 'sms', 'text', x'', 'queued', 1200, 1200, 'k1', \
+              x'{hash}')"
+        ))
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+        // Between the migration and the fill, m3's key goes (as if purged by an old release).
+        let migrated = migrated_before(&path, 11).await;
+        sqlx::query("UPDATE send_messages SET idem_key = NULL WHERE message_id = 'm3'")
+            .execute(&migrated)
+            .await
+            .unwrap();
+        migrated.close().await;
+
+        let s = SqliteStore::open(&path).await.expect("migrates");
+        let log: Vec<(Option<i64>, i64)> =
+            sqlx::query_as("SELECT key_hash, message_rowid FROM send_keys ORDER BY seq")
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            log,
+            [(Some(super::super::sqlite_keys::key_hash("t1", "k1")), 1)]
+        );
+        let index: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE name = 'send_messages_key'")
+                .fetch_optional(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(index, None, "the unique index is gone");
+        assert_k1_answers_for_m1(&s).await;
+        let mut other = c::message("k1", 7, 5000);
+        other.tenant_id = "t2".into();
+        let out = s.accept_messages(&[other]).await.unwrap();
+        assert!(matches!(out[0], Ok(AcceptOutcome::Accepted { .. })));
     }
 
     /// A failure between the key and its message (injected with a trigger on the message

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 use crate::delivery::sqlite_batch::{self, BatchOp, Finish, MAX_WRITE_BATCH, WriteOp};
+use crate::delivery::sqlite_keys::KeyIndex;
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
@@ -41,6 +42,9 @@ pub struct SqliteStore {
     batches: mpsc::Sender<WriteOp>,
     /// Which of the queue's two tables a lease round serves first (see `sqlite_queue.rs`).
     pub(crate) sends_first: Arc<std::sync::atomic::AtomicBool>,
+    /// The idempotency keys, in memory (`delivery/sqlite_keys.rs`); locked by accept
+    /// transactions, which run on the writer one at a time anyway.
+    pub(crate) keys: Arc<tokio::sync::Mutex<KeyIndex>>,
     /// The checkpoint task; stopped when the last clone is dropped.
     _checkpoints: Arc<AbortOnDrop>,
 }
@@ -273,6 +277,13 @@ impl SqliteStore {
             .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
+        let loading = std::time::Instant::now();
+        let keys = KeyIndex::load(&mut *writer.acquire().await?).await?;
+        tracing::info!(
+            keys = keys.len(),
+            ms = loading.elapsed().as_millis(),
+            "idempotency keys loaded"
+        );
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())
@@ -296,6 +307,7 @@ impl SqliteStore {
             writer,
             batches,
             sends_first: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            keys: Arc::new(tokio::sync::Mutex::new(keys)),
             _checkpoints: checkpoints,
         })
     }
