@@ -979,6 +979,11 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(keys, 0, "the key is free again");
+        let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM send_keys")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(logged, 2, "only the stored messages' keys are logged");
         let (history,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM send_history WHERE message_id = ?")
                 .bind(&poison.message_id)
