@@ -112,8 +112,12 @@ async fn bench() -> Result<()> {
         batch,
     };
 
+    // Phase marks on stderr, for attaching a profiler to one phase (figures print at the end).
+    eprintln!("phase: single sends");
     let burst = run(load(MESSAGES, None, SENDERS, "burst", 1)).await?;
+    eprintln!("phase: batches");
     let batched = run(load(LONG, None, BATCH_SENDERS, "batch", BATCH)).await?;
+    eprintln!("phase: drain");
     let _ = stop_gw.send(());
     serving.await??;
 
