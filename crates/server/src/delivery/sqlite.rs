@@ -483,7 +483,7 @@ impl DeliveryStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE send_messages SET idem_key = NULL, request_hash = NULL \
-             WHERE rowid IN (SELECT message_rowid FROM send_keys WHERE at < ?)",
+             WHERE message_id IN (SELECT message_id FROM send_keys WHERE at < ?)",
         )
         .bind(before_ms)
         .execute(&mut *tx)
@@ -864,6 +864,32 @@ mod tests {
         );
     }
 
+    /// Keys survive `VACUUM`, which may renumber the message table's rowids: the key log
+    /// names messages by id (here the rowids are moved on purpose, then the file vacuumed).
+    #[tokio::test]
+    async fn keys_survive_renumbered_rowids() {
+        let (_d, s) = open().await;
+        let first = c::message("k1", 1, 1000);
+        s.accept_messages(&[first.clone(), c::message("k2", 1, 1000)])
+            .await
+            .unwrap();
+        for sql in ["UPDATE send_messages SET rowid = rowid + 1000", "VACUUM"] {
+            sqlx::query(sql).execute(&s.writer).await.unwrap();
+        }
+        let out = s
+            .accept_messages(&[c::message("k1", 1, 2000), c::message("k1", 2, 2000)])
+            .await
+            .unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: first.message_id
+            }
+        );
+        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+        assert_eq!(s.depth().await.unwrap(), 2);
+    }
+
     /// A purge by one store frees the key for every store on the file at once, and each
     /// drops the purged keys from memory when it looks at the log's front.
     #[tokio::test]
@@ -928,14 +954,17 @@ mod tests {
         migrated.close().await;
 
         let s = SqliteStore::open(&path).await.expect("migrates");
-        let log: Vec<(Option<i64>, i64)> =
-            sqlx::query_as("SELECT key_hash, message_rowid FROM send_keys ORDER BY seq")
+        let log: Vec<(Option<i64>, String)> =
+            sqlx::query_as("SELECT key_hash, message_id FROM send_keys ORDER BY seq")
                 .fetch_all(&s.pool)
                 .await
                 .unwrap();
         assert_eq!(
             log,
-            [(Some(super::super::sqlite_keys::key_hash("t1", "k1")), 1)]
+            [(
+                Some(super::super::sqlite_keys::key_hash("t1", "k1")),
+                "m1".to_owned()
+            )]
         );
         let index: Option<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE name = 'send_messages_key'")

@@ -6,7 +6,7 @@
 //! ([`super::sqlite_keys`]), not in a unique index: the disk sees appends only.
 //!
 //! The fast path decides every message of the batch from the key map (candidates confirmed by
-//! reading their rows by rowid), then writes the new ones with one multi-row INSERT per chunk;
+//! reading their messages through the log), then writes the new ones with one multi-row INSERT per chunk;
 //! if any row is refused (a message id taken, a constraint), the slow path redoes the batch
 //! with one savepoint per message so only the bad one fails. A message is never stored without
 //! its key and job (one row), nor logged without its message (one savepoint).
@@ -22,18 +22,17 @@ use super::store::{AcceptOutcome, NewMessage};
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
 
-/// The columns of an accepted message's row. Rows arrive as a `VALUES` list of 15 bound
+/// The columns of an accepted message's row. Rows arrive as a `VALUES` list of 14 bound
 /// values each; the status is a literal and `accepted_at` fills the update time and the job's
-/// due time and window start too, so a row binds 15 values instead of 19. The rowid is given,
-/// so the key log can name the row without reading it back.
-const INSERT: &str = "INSERT INTO send_messages (rowid, message_id, tenant_id, idem_key, \
-     request_hash, recipient, class, channel, kind, group_id, epoch, payload, status, \
-     correlation_id, accepted_at, expires_at, updated_at, job_due, job_since) \
+/// due time and window start too, so a row binds 14 values instead of 18.
+const INSERT: &str = "INSERT INTO send_messages (message_id, tenant_id, idem_key, request_hash, \
+     recipient, class, channel, kind, group_id, epoch, payload, status, correlation_id, \
+     accepted_at, expires_at, updated_at, job_due, job_since) \
      SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, \
-     column10, column11, column12, 'queued', column13, column14, column15, column14, column14, \
-     column14 FROM (";
+     column10, column11, 'queued', column12, column13, column14, column13, column13, column13 \
+     FROM (";
 
-/// Rows per multi-row INSERT: 15 values × 500 stays far below SQLite's variable limit.
+/// Rows per multi-row INSERT: 14 values × 500 stays far below SQLite's variable limit.
 const CHUNK: usize = 500;
 
 /// A message of the batch with its MLS epoch as stored and its key's hash.
@@ -75,19 +74,19 @@ fn answer(stored_hash: &[u8], stored_id: &str, m: &NewMessage) -> AcceptOutcome 
 /// A stored key: (tenant, key, request hash, message id).
 type StoredKey = (String, String, Vec<u8>, String);
 
-/// The stored keys among the candidates the map names for `items`: every message row under
-/// one of their hashes that still holds a key, read by rowid. Rows of other keys (a hash
+/// The stored keys among the candidates the map names for `items`: the message of every log
+/// row under one of their hashes, if it still holds a key. Rows of other keys (a hash
 /// collision) come back too; callers match on (tenant, key).
 async fn stored_keys(
     conn: &mut SqliteConnection,
     keys: &KeyIndex,
     items: &[Item<'_>],
 ) -> Result<Vec<StoredKey>, StoreError> {
-    let mut rowids: Vec<i64> = items.iter().flat_map(|i| keys.candidates(i.hash)).collect();
-    rowids.sort_unstable();
-    rowids.dedup();
+    let mut seqs: Vec<i64> = items.iter().flat_map(|i| keys.candidates(i.hash)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
     let mut found = Vec::new();
-    for chunk in rowids.chunks(CHUNK) {
+    for chunk in seqs.chunks(CHUNK) {
         let mut q = stored_keys_query("", chunk);
         found.extend(
             q.build_query_as::<StoredKey>()
@@ -98,24 +97,25 @@ async fn stored_keys(
     Ok(found)
 }
 
-/// The rows of `rowids` that hold a key (after `prefix`, which tests set to `EXPLAIN QUERY
-/// PLAN`).
-fn stored_keys_query<'a>(prefix: &str, rowids: &'a [i64]) -> QueryBuilder<'a, Sqlite> {
+/// The messages of the log rows `seqs` that hold a key (after `prefix`, which tests set to
+/// `EXPLAIN QUERY PLAN`).
+fn stored_keys_query<'a>(prefix: &str, seqs: &'a [i64]) -> QueryBuilder<'a, Sqlite> {
     let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "{prefix}SELECT tenant_id, idem_key, request_hash, message_id FROM send_messages \
-         WHERE idem_key IS NOT NULL AND rowid IN ("
+        "{prefix}SELECT m.tenant_id, m.idem_key, m.request_hash, m.message_id \
+         FROM send_keys k JOIN send_messages m ON m.message_id = k.message_id \
+         WHERE m.idem_key IS NOT NULL AND k.seq IN ("
     ));
     let mut sep = q.separated(", ");
-    for rowid in rowids {
-        sep.push_bind(*rowid);
+    for seq in seqs {
+        sep.push_bind(*seq);
     }
     q.push(")");
     q
 }
 
 /// Store `items` as new messages, in order, with their key log rows; returns the log rows for
-/// the map (to add once the transaction commits). Rowids and seqs are given, after the largest
-/// of each: the caller holds the write lock.
+/// the map (to add once the transaction commits). Seqs are given, after the largest ever: the
+/// caller holds the write lock.
 async fn insert(
     conn: &mut SqliteConnection,
     keys: &KeyIndex,
@@ -124,41 +124,28 @@ async fn insert(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let last: Option<i64> = sqlx::query_scalar("SELECT max(rowid) FROM send_messages")
-        .fetch_one(&mut *conn)
-        .await?;
     let first_seq = keys.next_seq(conn).await?;
     let mut logged = Vec::with_capacity(items.len());
     for (j, item) in items.iter().enumerate() {
-        let j = i64::try_from(j).map_err(|_| corrupt("batch size", j))?;
-        let (rowid, seq) = (
-            last.unwrap_or(0).checked_add(1 + j),
-            first_seq.checked_add(j),
-        );
-        let (Some(rowid), Some(seq)) = (rowid, seq) else {
-            return Err(StoreError::Corrupt("message rowids are used up".into()));
-        };
-        logged.push((seq, item.hash, rowid));
+        let seq = i64::try_from(j)
+            .ok()
+            .and_then(|j| first_seq.checked_add(j))
+            .ok_or_else(|| corrupt("key log seq", j))?;
+        logged.push((seq, item.hash));
     }
     for (chunk, rows) in items.chunks(CHUNK).zip(logged.chunks(CHUNK)) {
         let mut q = QueryBuilder::<Sqlite>::new(INSERT);
-        q.push_values(chunk.iter().zip(rows), |b, (item, row)| {
-            push_row(b, item, row.2);
-        });
+        q.push_values(chunk.iter(), |b, item| push_row(b, item));
         q.push(")");
         q.build().execute(&mut *conn).await?;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO send_keys (seq, key_hash, message_rowid, at) ",
-        );
-        q.push_values(
-            chunk.iter().zip(rows),
-            |mut b, (item, &(seq, hash, rowid))| {
-                b.push_bind(seq)
-                    .push_bind(hash)
-                    .push_bind(rowid)
-                    .push_bind(item.m.accepted_at);
-            },
-        );
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO send_keys (seq, key_hash, message_id, at) ");
+        q.push_values(chunk.iter().zip(rows), |mut b, (item, &(seq, hash))| {
+            b.push_bind(seq)
+                .push_bind(hash)
+                .push_bind(&item.m.message_id)
+                .push_bind(item.m.accepted_at);
+        });
         q.build().execute(&mut *conn).await?;
     }
     Ok(logged)
@@ -167,11 +154,9 @@ async fn insert(
 fn push_row<'q>(
     mut b: sqlx::query_builder::Separated<'_, 'q, Sqlite, &'static str>,
     item: &Item<'q>,
-    rowid: i64,
 ) {
     let m = item.m;
-    b.push_bind(rowid)
-        .push_bind(&m.message_id)
+    b.push_bind(&m.message_id)
         .push_bind(&m.tenant_id)
         .push_bind(&m.idempotency_key)
         .push_bind(&m.request_hash)
@@ -284,10 +269,10 @@ pub(super) async fn accept_each(
 mod tests {
     use super::*;
 
-    /// A candidate's row is read by rowid: a scan here would read every stored message on
-    /// every replayed key.
+    /// A candidate's log row and message are searched by key: a scan here would read every
+    /// stored message on every replayed key.
     #[tokio::test]
-    async fn the_candidate_lookup_reads_rows_by_rowid() {
+    async fn the_candidate_lookup_searches_by_key() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
         let plan: Vec<(i64, i64, i64, String)> = stored_keys_query("EXPLAIN QUERY PLAN ", &[1, 2])
@@ -297,8 +282,11 @@ mod tests {
             .unwrap();
         let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
         assert!(
-            steps.iter().all(|d| !d.starts_with("SCAN send_messages"))
-                && steps.iter().any(|d| d.contains("INTEGER PRIMARY KEY")),
+            steps.iter().all(|d| !d.starts_with("SCAN"))
+                && steps.iter().any(|d| d.contains("INTEGER PRIMARY KEY"))
+                && steps
+                    .iter()
+                    .any(|d| d.contains("sqlite_autoindex_send_messages")),
             "{steps:?}"
         );
     }

@@ -7,7 +7,8 @@
 //! held the store's accept transaction to a third of the raw insert ceiling
 //! (docs/performance.md). Here each accept appends one small row per new key to `send_keys`
 //! (`seq` in insert order, so the log's pages fill one after another), and the lookup is a map
-//! in memory from a 64-bit hash of (tenant, key) to the message's rowid.
+//! in memory from a 64-bit hash of (tenant, key) to the log row's `seq`. Log rows name their
+//! message by id, never by rowid: `VACUUM` may renumber the message table's implicit rowids.
 //!
 //! The map is a cache of the log, never the other way round. A store fills it from the log
 //! when it opens and, at the start of every accept transaction, after it has taken the write
@@ -19,8 +20,8 @@
 //! docs/operations.md).
 //!
 //! What this module must never do: answer from the map alone (a 64-bit hash names candidates;
-//! the message row, read by rowid, decides), or decide that a key is new without holding the
-//! write lock it caught up under.
+//! the message row, read through its log row, decides), or decide that a key is new without
+//! holding the write lock it caught up under.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -49,12 +50,12 @@ pub(crate) fn key_hash(tenant_id: &str, key: &str) -> i64 {
     i64::from_le_bytes(first)
 }
 
-/// The keys of the retention window, as candidates: hash → message rowids.
+/// The keys of the retention window, as candidates: hash → log seqs.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
-    /// The first message rowid under each hash.
+    /// The first log seq under each hash.
     one: HashMap<i64, i64>,
-    /// Any further rowids under a hash (two keys whose hashes collide).
+    /// Any further seqs under a hash (two keys whose hashes collide).
     more: HashMap<i64, Vec<i64>>,
     /// The last log row in the map.
     last_seq: i64,
@@ -63,8 +64,8 @@ pub(crate) struct KeyIndex {
     trimmed: Option<Instant>,
 }
 
-/// A log row this transaction wrote: (seq, hash, message rowid).
-pub(crate) type Logged = (i64, i64, i64);
+/// A log row this transaction wrote: (seq, hash).
+pub(crate) type Logged = (i64, i64);
 
 impl KeyIndex {
     /// The map of the log as stored: first the hashes of keys a migration moved into the log
@@ -86,8 +87,8 @@ impl KeyIndex {
     /// then drop the rows purged from the log's front. Call it holding the write lock.
     pub(crate) async fn catch_up(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
         {
-            let mut rows = sqlx::query_as::<_, (i64, i64, i64)>(
-                "SELECT seq, key_hash, message_rowid FROM send_keys WHERE seq > ? ORDER BY seq",
+            let mut rows = sqlx::query_as::<_, (i64, i64)>(
+                "SELECT seq, key_hash FROM send_keys WHERE seq > ? ORDER BY seq",
             )
             .bind(self.last_seq)
             .fetch(&mut *conn);
@@ -96,24 +97,14 @@ impl KeyIndex {
             }
         }
         if self.trimmed.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
-            // Log seqs and message rowids are both handed out in accept order under the write
-            // lock, so the rows before the log's first are those of the messages before its
-            // first message.
-            let first: Option<(i64, i64)> =
-                sqlx::query_as("SELECT seq, message_rowid FROM send_keys ORDER BY seq LIMIT 1")
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            match first {
-                Some((seq, rowid)) if seq > self.first_seq => {
-                    self.first_seq = seq;
-                    self.trim(rowid);
-                }
-                Some(_) => {}
-                // An empty log: every key read so far was purged.
-                None => {
-                    self.first_seq = self.last_seq + 1;
-                    self.trim(i64::MAX);
-                }
+            let first: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM send_keys")
+                .fetch_one(&mut *conn)
+                .await?;
+            // An empty log: every key read so far was purged.
+            let first = first.unwrap_or(self.last_seq + 1);
+            if first > self.first_seq {
+                self.first_seq = first;
+                self.trim(first);
             }
             self.trimmed = Some(Instant::now());
         }
@@ -130,7 +121,7 @@ impl KeyIndex {
         Ok(counter.unwrap_or(0).max(self.last_seq) + 1)
     }
 
-    /// The rowids of messages that may hold the key with this hash.
+    /// The log seqs whose messages may hold the key with this hash.
     pub(crate) fn candidates(&self, hash: i64) -> impl Iterator<Item = i64> + '_ {
         self.one
             .get(&hash)
@@ -156,37 +147,37 @@ impl KeyIndex {
         self.one.len() + self.more.values().map(Vec::len).sum::<usize>()
     }
 
-    fn push(&mut self, (seq, hash, rowid): Logged) {
+    fn push(&mut self, (seq, hash): Logged) {
         if seq <= self.last_seq {
             return;
         }
         self.last_seq = seq;
         match self.one.entry(hash) {
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(rowid);
+                e.insert(seq);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
-                self.more.entry(hash).or_default().push(rowid);
+                self.more.entry(hash).or_default().push(seq);
             }
         }
     }
 
-    /// Drop the keys of messages before `first_rowid` (purged from the log). A pass over
-    /// the map, run only when the log's front moved (a purge: hourly).
-    fn trim(&mut self, first_rowid: i64) {
-        self.more.retain(|_, rowids| {
-            rowids.retain(|r| *r >= first_rowid);
-            !rowids.is_empty()
+    /// Drop the log rows before `first` (purged). A pass over the map, run only when the
+    /// log's front moved (a purge: hourly).
+    fn trim(&mut self, first: i64) {
+        self.more.retain(|_, seqs| {
+            seqs.retain(|s| *s >= first);
+            !seqs.is_empty()
         });
         let more = &mut self.more;
-        self.one.retain(|hash, rowid| {
-            if *rowid >= first_rowid {
+        self.one.retain(|hash, seq| {
+            if *seq >= first {
                 return true;
             }
-            // Promote a later rowid under the same hash, if any.
+            // Promote a later seq under the same hash, if any.
             match more.get_mut(hash) {
                 Some(rest) => {
-                    *rowid = rest.remove(0);
+                    *seq = rest.remove(0);
                     if rest.is_empty() {
                         more.remove(hash);
                     }
@@ -204,7 +195,7 @@ impl KeyIndex {
 async fn fill_hashes(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let missing: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT k.seq, m.tenant_id, m.idem_key FROM send_keys k INDEXED BY send_keys_unhashed \
-         LEFT JOIN send_messages m ON m.rowid = k.message_rowid WHERE k.key_hash IS NULL",
+         LEFT JOIN send_messages m ON m.message_id = k.message_id WHERE k.key_hash IS NULL",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -242,20 +233,20 @@ mod tests {
         index.candidates(hash).collect()
     }
 
-    /// Two keys under one hash both stay candidates, and trimming drops exactly the keys of
-    /// the purged messages, whichever of a colliding pair goes first.
+    /// Two keys under one hash both stay candidates, and trimming drops exactly the purged
+    /// log rows, whichever of a colliding pair goes first.
     #[test]
     fn colliding_hashes_keep_every_candidate_and_trim_exactly() {
         let mut index = KeyIndex::default();
-        index.extend([(1, 7, 100), (2, 8, 101), (3, 7, 102), (4, 7, 103)]);
-        assert_eq!(keys(&index, 7), [100, 102, 103]);
-        assert_eq!(keys(&index, 8), [101]);
+        index.extend([(1, 7), (2, 8), (3, 7), (4, 7)]);
+        assert_eq!(keys(&index, 7), [1, 3, 4]);
+        assert_eq!(keys(&index, 8), [2]);
         assert!(keys(&index, 9).is_empty());
         assert_eq!(index.len(), 4);
-        index.trim(101);
-        assert_eq!(keys(&index, 7), [102, 103], "the first of the pair went");
-        index.trim(103);
-        assert_eq!(keys(&index, 7), [103]);
+        index.trim(2);
+        assert_eq!(keys(&index, 7), [3, 4], "the first of the pair went");
+        index.trim(4);
+        assert_eq!(keys(&index, 7), [4]);
         assert!(keys(&index, 8).is_empty());
         assert!(index.more.is_empty() && index.len() == 1);
         index.trim(i64::MAX);
@@ -266,10 +257,10 @@ mod tests {
     #[test]
     fn a_row_seen_twice_counts_once() {
         let mut index = KeyIndex::default();
-        index.extend([(1, 7, 100), (2, 8, 101)]);
-        index.extend([(2, 8, 101), (3, 9, 102)]);
+        index.extend([(1, 7), (2, 8)]);
+        index.extend([(2, 8), (3, 9)]);
         assert_eq!(index.len(), 3);
-        assert_eq!(keys(&index, 8), [101]);
+        assert_eq!(keys(&index, 8), [2]);
     }
 
     /// The hash separates tenant from key (no concatenation ambiguity) and is stable: it is
