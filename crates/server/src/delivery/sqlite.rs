@@ -683,19 +683,34 @@ mod tests {
     }
 
     /// Key `k1` (hash of `c::message("k1", 7, …)`) still answers for message `m1` after a
-    /// migration: the same request is answered from it, another one refused.
+    /// migration.
     async fn assert_k1_answers_for_m1(s: &SqliteStore) {
+        assert_key_answers(s, "k1", 7, "m1").await;
+    }
+
+    /// `key` answers for `message_id`: the same request (`hash`) is answered from it, another
+    /// one refused.
+    async fn assert_key_answers(s: &SqliteStore, key: &str, hash: u8, message_id: &str) {
         let out = s
-            .accept_messages(&[c::message("k1", 7, 5000), c::message("k1", 8, 5000)])
+            .accept_messages(&[c::message(key, hash, 5000), c::message(key, hash + 1, 5000)])
             .await
             .unwrap();
         assert_eq!(
             out[0].as_ref().unwrap(),
             &AcceptOutcome::Replayed {
-                message_id: "m1".into()
+                message_id: message_id.into()
             }
         );
         assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+    }
+
+    /// Two stores on one new file, as two gateway processes on one data folder.
+    async fn two_stores() -> (tempfile::TempDir, SqliteStore, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let a = SqliteStore::open(&path).await.unwrap();
+        let b = SqliteStore::open(&path).await.unwrap();
+        (dir, a, b)
     }
 
     /// Migration 0009 rebuilds `send_messages` (cheaper CHECKs): every column of every row,
@@ -807,27 +822,14 @@ mod tests {
     /// key sent to both at once is stored once, and a restart reads the keys back.
     #[tokio::test]
     async fn stores_on_one_file_share_keys_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.db");
-        let a = SqliteStore::open(&path).await.unwrap();
-        let b = SqliteStore::open(&path).await.unwrap();
+        let (dir, a, b) = two_stores().await;
         let first = c::message("k1", 1, 1000);
         let out = a
             .accept_messages(std::slice::from_ref(&first))
             .await
             .unwrap();
         assert!(matches!(out[0], Ok(AcceptOutcome::Accepted { .. })));
-        let out = b
-            .accept_messages(&[c::message("k1", 1, 1000), c::message("k1", 2, 1000)])
-            .await
-            .unwrap();
-        assert_eq!(
-            out[0].as_ref().unwrap(),
-            &AcceptOutcome::Replayed {
-                message_id: first.message_id.clone()
-            }
-        );
-        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+        assert_key_answers(&b, "k1", 1, &first.message_id).await;
         // The same new keys at both at once: each stored exactly once.
         for round in 0..20 {
             let batch: Vec<NewMessage> = (0..8)
@@ -850,18 +852,9 @@ mod tests {
         }
         assert_eq!(a.depth().await.unwrap(), 161);
         drop((a, b));
-        let c2 = SqliteStore::open(&path).await.unwrap();
+        let c2 = SqliteStore::open(&dir.path().join("d.db")).await.unwrap();
         assert_eq!(c2.keys.lock().await.len(), 161, "every key read back");
-        let out = c2
-            .accept_messages(&[c::message("k1", 1, 3000)])
-            .await
-            .unwrap();
-        assert_eq!(
-            out[0].as_ref().unwrap(),
-            &AcceptOutcome::Replayed {
-                message_id: first.message_id
-            }
-        );
+        assert_key_answers(&c2, "k1", 1, &first.message_id).await;
     }
 
     /// Keys survive `VACUUM`, which may renumber the message table's rowids: the key log
@@ -876,17 +869,7 @@ mod tests {
         for sql in ["UPDATE send_messages SET rowid = rowid + 1000", "VACUUM"] {
             sqlx::query(sql).execute(&s.writer).await.unwrap();
         }
-        let out = s
-            .accept_messages(&[c::message("k1", 1, 2000), c::message("k1", 2, 2000)])
-            .await
-            .unwrap();
-        assert_eq!(
-            out[0].as_ref().unwrap(),
-            &AcceptOutcome::Replayed {
-                message_id: first.message_id
-            }
-        );
-        assert_eq!(out[1].as_ref().unwrap(), &AcceptOutcome::KeyReused);
+        assert_key_answers(&s, "k1", 1, &first.message_id).await;
         assert_eq!(s.depth().await.unwrap(), 2);
     }
 
@@ -894,10 +877,7 @@ mod tests {
     /// drops the purged keys from memory when it looks at the log's front.
     #[tokio::test]
     async fn a_purge_frees_keys_for_every_store_and_their_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.db");
-        let a = SqliteStore::open(&path).await.unwrap();
-        let b = SqliteStore::open(&path).await.unwrap();
+        let (_dir, a, b) = two_stores().await;
         let old = c::message("k1", 1, 1000);
         a.accept_messages(&[old.clone(), c::message("k2", 1, 5000)])
             .await
