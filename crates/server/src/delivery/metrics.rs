@@ -24,6 +24,9 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// `sealgate_queue_depth`: jobs waiting or in flight.
     pub queue_depth: IntGauge,
+    /// `sealgate_idempotency_keys_in_memory`: keys this process holds in memory (embedded
+    /// store; 0 where keys live on disk only).
+    pub keys_in_memory: IntGauge,
     /// `sealgate_delivery_retries_total{transport,error_class}`.
     pub retries: IntCounterVec,
     /// `sealgate_dead_letters_total{kind}`.
@@ -87,6 +90,11 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         let queue_depth = IntGauge::new("sealgate_queue_depth", "Jobs waiting or in flight.")?;
         registry.register(Box::new(queue_depth.clone()))?;
+        let keys_in_memory = IntGauge::new(
+            "sealgate_idempotency_keys_in_memory",
+            "Idempotency keys held in this process's memory (embedded store; 0 elsewhere).",
+        )?;
+        registry.register(Box::new(keys_in_memory.clone()))?;
         let webhook_failures = IntCounter::new(
             "sealgate_webhook_verification_failures_total",
             "Carrier webhooks refused for a missing or wrong signature.",
@@ -109,6 +117,7 @@ impl Metrics {
             delivery,
             latency,
             queue_depth,
+            keys_in_memory,
             retries,
             dead_letters,
             webhook_failures,
@@ -149,6 +158,7 @@ mod tests {
             "sealgate_delivery_total{outcome=\"success\",transport=\"rcs\"} 1",
             "sealgate_delivery_latency_seconds_bucket",
             "sealgate_queue_depth",
+            "sealgate_idempotency_keys_in_memory",
             "sealgate_webhook_verification_failures_total 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -583,6 +583,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
+    if let Some(keys) = delivery.backend().idempotency_keys_in_memory() {
+        delivery
+            .metrics()
+            .keys_in_memory
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         delivery.metrics().render(),

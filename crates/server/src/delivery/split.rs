@@ -57,6 +57,14 @@ impl DeliveryStore for SplitBackend {
         out
     }
 
+    fn accept_batches_in_flight(&self) -> usize {
+        self.store.accept_batches_in_flight()
+    }
+
+    fn idempotency_keys_in_memory(&self) -> Option<u64> {
+        self.store.idempotency_keys_in_memory()
+    }
+
     async fn message_view(
         &self,
         tenant_id: &str,

@@ -337,6 +337,10 @@ impl DeliveryStore for SqliteStore {
         }
     }
 
+    fn idempotency_keys_in_memory(&self) -> Option<u64> {
+        Some(self.keys_held.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     async fn message_view(
         &self,
         tenant_id: &str,

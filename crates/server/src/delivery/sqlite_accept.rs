@@ -172,6 +172,14 @@ fn push_row<'q>(
         .push_bind(m.expires_at);
 }
 
+impl SqliteStore {
+    /// Publish how many keys the map holds, for `/metrics`.
+    fn count_keys(&self, keys: &KeyIndex) {
+        self.keys_held
+            .store(keys.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The whole batch in one transaction: the fast path.
 ///
 /// After catching up with the key log under the write lock, every message is decided first:
@@ -209,6 +217,7 @@ pub(super) async fn accept_fast(
     let logged = insert(&mut tx, &keys, &fresh).await?;
     tx.commit().await?;
     keys.extend(logged);
+    store.count_keys(&keys);
     Ok(outcomes)
 }
 
@@ -262,6 +271,7 @@ pub(super) async fn accept_each(
     }
     tx.commit().await?;
     keys.extend(logged);
+    store.count_keys(&keys);
     Ok(out)
 }
 

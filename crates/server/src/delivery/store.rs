@@ -180,6 +180,12 @@ pub trait DeliveryStore: Send + Sync {
         1
     }
 
+    /// How many idempotency keys this process holds in memory, for a store that checks them
+    /// there (SQLite: `delivery/sqlite_keys.rs`); `None` for one whose keys live on disk only.
+    fn idempotency_keys_in_memory(&self) -> Option<u64> {
+        None
+    }
+
     /// Status and history of a message of `tenant_id` (never the body).
     async fn message_view(
         &self,

@@ -45,6 +45,9 @@ pub struct SqliteStore {
     /// The idempotency keys, in memory (`delivery/sqlite_keys.rs`); locked by accept
     /// transactions, which run on the writer one at a time anyway.
     pub(crate) keys: Arc<tokio::sync::Mutex<KeyIndex>>,
+    /// How many keys `keys` held after the last accept (read by `/metrics` without waiting for
+    /// an accept to finish).
+    pub(crate) keys_held: Arc<std::sync::atomic::AtomicU64>,
     /// The checkpoint task; stopped when the last clone is dropped.
     _checkpoints: Arc<AbortOnDrop>,
 }
@@ -307,6 +310,7 @@ impl SqliteStore {
             writer,
             batches,
             sends_first: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            keys_held: Arc::new(std::sync::atomic::AtomicU64::new(keys.len() as u64)),
             keys: Arc::new(tokio::sync::Mutex::new(keys)),
             _checkpoints: checkpoints,
         })

@@ -49,6 +49,12 @@ async fn same_key_same_body_same_answer_other_body_refused() -> Result<()> {
         .await?;
     let (status, p) = problem(resp).await?;
     assert_eq!((status, p.code.as_str()), (404, "unknown_message"));
+    // The embedded store holds the three keys in memory, and says so.
+    let metrics = rig.metrics().await?;
+    assert!(
+        metrics.contains("sealgate_idempotency_keys_in_memory 3"),
+        "{metrics}"
+    );
     Ok(())
 }
 
