@@ -614,7 +614,7 @@ mod tests {
             ]
         );
         // The key survived the table rebuild.
-        assert_k1_answers_for_m1(&s).await;
+        assert_key_answers(&s, "k1", 7, "m1").await;
     }
 
     /// A data folder from before migration 0007 keeps its pending send jobs, now on the
@@ -684,12 +684,6 @@ mod tests {
         assert_eq!(callbacks.len(), 1);
         assert_eq!(callbacks[0].kind, JobKind::Callback);
         assert_eq!(callbacks[0].payload.as_deref(), Some(&b"{}"[..]));
-    }
-
-    /// Key `k1` (hash of `c::message("k1", 7, …)`) still answers for message `m1` after a
-    /// migration.
-    async fn assert_k1_answers_for_m1(s: &SqliteStore) {
-        assert_key_answers(s, "k1", 7, "m1").await;
     }
 
     /// `key` answers for `message_id`: the same request (`hash`) is answered from it, another
@@ -801,7 +795,7 @@ mod tests {
             (jobs[0].attempts, jobs[0].last_error.as_deref()),
             (3, Some("HTTP 503"))
         );
-        assert_k1_answers_for_m1(&s).await;
+        assert_key_answers(&s, "k1", 7, "m1").await;
         for bad in [
             "INSERT INTO send_messages (message_id, tenant_id, recipient, class, channel, kind, \
              payload, status, accepted_at, updated_at) VALUES ('x', 't1', 'r', 'bulk', 'sms', \
@@ -956,7 +950,7 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(index, None, "the unique index is gone");
-        assert_k1_answers_for_m1(&s).await;
+        assert_key_answers(&s, "k1", 7, "m1").await;
         let mut other = c::message("k1", 7, 5000);
         other.tenant_id = "t2".into();
         let out = s.accept_messages(&[other]).await.unwrap();
