@@ -337,6 +337,10 @@ impl DeliveryStore for SqliteStore {
         }
     }
 
+    fn accept_on_own_thread(&self) -> bool {
+        true
+    }
+
     fn idempotency_keys_in_memory(&self) -> Option<u64> {
         Some(self.keys_held.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -422,7 +426,7 @@ impl DeliveryStore for SqliteStore {
         .bind(&callback.url)
         .bind(&callback.secret)
         .bind(now_ms)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -450,7 +454,7 @@ impl DeliveryStore for SqliteStore {
         .bind(device_id)
         .bind(token)
         .bind(now_ms)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -514,7 +518,7 @@ impl DeliveryStore for SqliteStore {
             .bind(day)
             .bind(i64::try_from(want).unwrap_or(i64::MAX))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer.lock().await)
             .await?;
         Ok(granted.map_or(0, |(g,)| u64::try_from(g).unwrap_or(0)))
     }
@@ -809,7 +813,10 @@ mod tests {
             "INSERT INTO send_history (message_id, status, at) VALUES ('nope', 'sent', 1)",
         ] {
             assert!(
-                sqlx::query(bad).execute(&s.writer).await.is_err(),
+                sqlx::query(bad)
+                    .execute(&mut *s.writer.lock().await)
+                    .await
+                    .is_err(),
                 "accepted: {bad}"
             );
         }
@@ -865,7 +872,10 @@ mod tests {
             .await
             .unwrap();
         for sql in ["UPDATE send_messages SET rowid = rowid + 1000", "VACUUM"] {
-            sqlx::query(sql).execute(&s.writer).await.unwrap();
+            sqlx::query(sql)
+                .execute(&mut *s.writer.lock().await)
+                .await
+                .unwrap();
         }
         assert_key_answers(&s, "k1", 1, &first.message_id).await;
         assert_eq!(s.depth().await.unwrap(), 2);
@@ -970,7 +980,7 @@ mod tests {
             "CREATE TRIGGER poison BEFORE INSERT ON send_messages \
              WHEN NEW.recipient = '+15550000666' BEGIN SELECT RAISE(ABORT, 'injected'); END",
         )
-        .execute(&s.writer)
+        .execute(&mut *s.writer.lock().await)
         .await
         .unwrap();
         let out = s

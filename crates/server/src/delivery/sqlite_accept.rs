@@ -133,13 +133,12 @@ async fn insert(
             .ok_or_else(|| corrupt("key log seq", j))?;
         logged.push((seq, item.hash));
     }
+    // Both INSERTs of a chunk go to SQLite's thread as one query: each statement is a round
+    // trip to that thread, and under load a round trip costs as much as dozens of rows.
     for (chunk, rows) in items.chunks(CHUNK).zip(logged.chunks(CHUNK)) {
         let mut q = QueryBuilder::<Sqlite>::new(INSERT);
         q.push_values(chunk.iter(), |b, item| push_row(b, item));
-        q.push(")");
-        q.build().execute(&mut *conn).await?;
-        let mut q =
-            QueryBuilder::<Sqlite>::new("INSERT INTO send_keys (seq, key_hash, message_id, at) ");
+        q.push("); INSERT INTO send_keys (seq, key_hash, message_id, at) ");
         q.push_values(chunk.iter().zip(rows), |mut b, (item, &(seq, hash))| {
             b.push_bind(seq)
                 .push_bind(hash)

@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::{Job, JobKind};
@@ -28,6 +28,7 @@ use super::sqlite::{callback_body, wipes_payload};
 use super::store::{ReceiptOutcome, Transition};
 use super::write_plan::{self, Plan, StatusBatch, StatusWrite};
 use crate::store::StoreError;
+use crate::store::sqlite::Writer;
 
 /// Most writes committed together.
 pub(crate) const MAX_WRITE_BATCH: usize = 512;
@@ -85,7 +86,7 @@ struct Answers {
 }
 
 /// The batcher task: runs until every sender is dropped.
-pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
+pub(crate) async fn run(writer: Writer, mut rx: mpsc::Receiver<WriteOp>) {
     let mut ops: Vec<WriteOp> = Vec::with_capacity(MAX_WRITE_BATCH);
     while rx.recv_many(&mut ops, MAX_WRITE_BATCH).await > 0 {
         let mut general = Vec::new();
@@ -106,7 +107,7 @@ pub(crate) async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
         // A panic inside a write must not end this task (every later write would fail): it
         // drops the transaction, which rolls the whole batch back, and fails the batch.
         let batch = AssertUnwindSafe(async {
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = writer.begin().await?;
             for op in general {
                 sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
                 let (ok, finish) = op(&mut tx).await;
@@ -549,7 +550,7 @@ mod tests {
     async fn a_panicking_write_does_not_stop_the_batcher() {
         let (_d, s) = open().await;
         sqlx::query("CREATE TABLE t (x TEXT)")
-            .execute(&s.writer)
+            .execute(&mut *s.writer.lock().await)
             .await
             .unwrap();
         let panicked = s
@@ -590,7 +591,7 @@ mod tests {
     async fn a_failed_write_is_rolled_back_alone() {
         let (_d, s) = open().await;
         sqlx::query("CREATE TABLE t (x TEXT)")
-            .execute(&s.writer)
+            .execute(&mut *s.writer.lock().await)
             .await
             .unwrap();
         let insert = |x: &'static str, fail: bool| {

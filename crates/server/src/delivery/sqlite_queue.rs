@@ -100,7 +100,7 @@ impl JobQueue for SqliteStore {
             )
             .bind(job.not_before)
             .bind(message_id)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer.lock().await)
             .await?;
             return row.map(|r| r.0).ok_or_else(|| {
                 StoreError::Corrupt(format!("a send job for no message {message_id}"))
@@ -116,7 +116,7 @@ impl JobQueue for SqliteStore {
         .bind(job.payload.as_deref())
         .bind(job.not_before)
         .bind(job.not_before)
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *self.writer.lock().await)
         .await?;
         Ok(id)
     }
@@ -143,7 +143,7 @@ impl JobQueue for SqliteStore {
                 .bind(&token)
                 .bind(now_ms)
                 .bind(room)
-                .fetch_all(&self.writer)
+                .fetch_all(&mut *self.writer.lock().await)
                 .await?;
             for row in rows {
                 jobs.push(job_from_row(row, &token)?);

@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use sealgate_proto::api::KeyPackageStock;
-use sqlx::{Sqlite, Transaction};
+use sqlx::SqliteConnection;
 
 use super::store::{
     ClaimOutcome, ClaimedKp, DeviceRecord, DirectoryStore, NewDevice, NewEnrollment, NewKeyPackage,
@@ -55,7 +55,7 @@ fn count(n: i64) -> u64 {
 }
 
 async fn stock_in(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     device_id: &str,
     now: i64,
 ) -> Result<KeyPackageStock, StoreError> {
@@ -65,7 +65,7 @@ async fn stock_in(
     )
     .bind(device_id)
     .bind(now)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     Ok(KeyPackageStock {
         one_time: count(one_time),
@@ -495,7 +495,9 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.writer).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.writer.lock().await)
+            .await?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use sealgate_proto::api::MailboxEvent;
-use sqlx::{Sqlite, Transaction};
+use sqlx::SqliteConnection;
 
 use super::engine::application_epoch_ok;
 use super::store::{
@@ -55,7 +55,7 @@ async fn load_roster(
 }
 
 async fn insert_roster(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     group_id: &str,
     roster: &[RosterEntry],
 ) -> Result<(), StoreError> {
@@ -69,16 +69,13 @@ async fn insert_roster(
         .bind(&m.user_id)
         .bind(&m.device_id)
         .bind(&m.signature_key)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     }
     Ok(())
 }
 
-async fn insert_message(
-    tx: &mut Transaction<'static, Sqlite>,
-    m: &StoredMessage,
-) -> Result<(), StoreError> {
+async fn insert_message(tx: &mut SqliteConnection, m: &StoredMessage) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO ds_messages (message_id, group_id, kind, epoch, sender_user, sender_device, \
          bytes, size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -92,14 +89,14 @@ async fn insert_message(
     .bind(&m.bytes)
     .bind(m.bytes.len() as i64)
     .bind(m.received_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 /// Store a message once and a pointer per recipient; nothing at all if there is no recipient
 /// (a row no pointer refers to would never be collected).
-async fn deliver(tx: &mut Transaction<'static, Sqlite>, d: &Delivery) -> Result<(), StoreError> {
+async fn deliver(tx: &mut SqliteConnection, d: &Delivery) -> Result<(), StoreError> {
     if d.recipients.is_empty() {
         return Ok(());
     }
@@ -108,7 +105,7 @@ async fn deliver(tx: &mut Transaction<'static, Sqlite>, d: &Delivery) -> Result<
         sqlx::query("INSERT INTO ds_mailbox (device_id, message_id) VALUES (?, ?)")
             .bind(device)
             .bind(&d.message.message_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())

@@ -51,7 +51,7 @@ impl LinkStore for SqliteStore {
         .bind(i64::try_from(l.ciphertext.len()).unwrap_or(i64::MAX))
         .bind(l.created_at)
         .bind(l.expires_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -83,7 +83,7 @@ impl LinkStore for SqliteStore {
         .bind(now_ms)
         .bind(link_id)
         .bind(now_ms)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -198,7 +198,7 @@ impl LinkStore for SqliteStore {
              WHERE ciphertext IS NOT NULL AND expires_at <= ?",
         )
         .bind(now_ms)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(done.rows_affected())
     }

@@ -149,7 +149,7 @@ impl PolicyStore for SqliteStore {
         .bind(h.expires_at)
         .bind(h.ready_at)
         .bind(h.done_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -193,7 +193,7 @@ impl PolicyStore for SqliteStore {
             .bind(tenant_id)
             .bind(r)
             .bind(now_ms)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.lock().await)
             .await?
             .rows_affected();
         }
@@ -212,7 +212,7 @@ impl PolicyStore for SqliteStore {
         .bind(now_ms)
         .bind(tenant_id)
         .bind(hold_id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(done.rows_affected() == 1)
     }
