@@ -243,14 +243,7 @@ impl Acceptor {
     ) -> Self {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        let own_thread = backend.accept_on_own_thread();
-        let mut job = Some(writer(rx, backend, max_batch, metrics, wake));
-        if own_thread {
-            job = run_on_own_thread(job);
-        }
-        if let Some(job) = job {
-            tokio::spawn(job);
-        }
+        tokio::spawn(writer(rx, backend, max_batch, metrics, wake));
         Self { tx }
     }
 
@@ -288,54 +281,6 @@ impl Acceptor {
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down"))?;
         Ok(answer)
-    }
-}
-
-/// Run `job` on a thread of its own with a single-threaded runtime; gives it back if the
-/// runtime or the thread cannot be had (the caller then runs it on its own runtime).
-///
-/// Why a thread: an accept transaction is a chain of statements, each a round trip to the
-/// SQLite driver's thread, whose answer wakes the writer from outside the runtime. On the
-/// gateway's runtime such a wake-up waits in the global queue behind the request handlers'
-/// tasks (a batch's JSON takes hundreds of microseconds to parse), and the writer's next
-/// batch, spawned as a task, waited at the back of a run queue too. Each wait stalled the one
-/// writer while both cores were busy elsewhere: measured 2026-11-25 on 160,000 batched
-/// accepts, the gaps between transactions fell from 260–330 ms to 130–180 ms in all.
-fn run_on_own_thread<F>(job: Option<F>) -> Option<F>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::warn!(error = %e, "no runtime for the accept writer's thread; it shares the gateway's");
-            return job;
-        }
-    };
-    let slot = Arc::new(std::sync::Mutex::new(job));
-    let theirs = slot.clone();
-    let started = std::thread::Builder::new()
-        .name("sealgate-accept".into())
-        .spawn(move || {
-            let job = theirs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(job) = job {
-                runtime.block_on(job);
-            }
-        });
-    match started {
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "no thread for the accept writer; it shares the gateway's runtime");
-            slot.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-        }
     }
 }
 

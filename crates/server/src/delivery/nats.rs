@@ -497,8 +497,6 @@ mod tests {
         // The accept writer asks the backend how many batches it may keep in flight: the
         // split backend must answer for its store (PostgreSQL: several), not the trait's one.
         assert_eq!(b.accept_batches_in_flight(), 4);
-        // PostgreSQL's driver is async on the runtime: its writer stays there.
-        assert!(!b.accept_on_own_thread());
         c::idempotency_inside_and_across_batches(&b).await;
     }
 }

@@ -61,10 +61,6 @@ impl DeliveryStore for SplitBackend {
         self.store.accept_batches_in_flight()
     }
 
-    fn accept_on_own_thread(&self) -> bool {
-        self.store.accept_on_own_thread()
-    }
-
     fn idempotency_keys_in_memory(&self) -> Option<u64> {
         self.store.idempotency_keys_in_memory()
     }

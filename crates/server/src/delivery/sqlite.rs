@@ -337,10 +337,6 @@ impl DeliveryStore for SqliteStore {
         }
     }
 
-    fn accept_on_own_thread(&self) -> bool {
-        true
-    }
-
     fn idempotency_keys_in_memory(&self) -> Option<u64> {
         Some(self.keys_held.load(std::sync::atomic::Ordering::Relaxed))
     }

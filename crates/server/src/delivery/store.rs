@@ -180,13 +180,6 @@ pub trait DeliveryStore: Send + Sync {
         1
     }
 
-    /// Whether the group-commit writer should run on a thread of its own rather than on the
-    /// gateway's runtime: for a store whose driver answers from a thread of its own, one
-    /// statement at a time (SQLite; see `accept.rs`, `run_on_own_thread`).
-    fn accept_on_own_thread(&self) -> bool {
-        false
-    }
-
     /// How many idempotency keys this process holds in memory, for a store that checks them
     /// there (SQLite: `delivery/sqlite_keys.rs`); `None` for one whose keys live on disk only.
     fn idempotency_keys_in_memory(&self) -> Option<u64> {
