@@ -4,12 +4,13 @@
 //!
 //! SQLite allows one writer at a time. Every write goes through one dedicated connection
 //! (`writer`, a [`Writer`]: the connection behind a fair lock), so the gateway's own writers
-//! queue in process, in order and without sleeping, instead of colliding on the database lock and backing off in SQLite's
-//! busy handler (which sleeps in 1–100 ms steps). Reads use their own pool (`pool`) and, in
-//! WAL mode, never wait for the writer. Writes that must be atomic run in `BEGIN IMMEDIATE`
-//! transactions so a writer never has to upgrade a read lock. Blocking never happens on async
-//! threads: sqlx runs SQLite on its own worker thread. Code here must never write through
-//! `pool` (it would still be correct, but would contend for the lock again).
+//! queue in process, in order and without sleeping, instead of colliding on the database lock
+//! and backing off in SQLite's busy handler (which sleeps in 1–100 ms steps). Reads use their
+//! own pool (`pool`) and, in WAL mode, never wait for the writer. Writes that must be atomic
+//! run in `BEGIN IMMEDIATE` transactions so a writer never has to upgrade a read lock.
+//! Blocking never happens on async threads: sqlx runs SQLite on its own worker thread. Code
+//! here must never write through `pool` (it would still be correct, but would contend for the
+//! lock again).
 //!
 //! Small hot writes (the delivery workers' status changes and acks, carrier receipts, and any
 //! write given to [`SqliteStore::write_batched`]) go through one batching task
@@ -59,11 +60,13 @@ pub struct SqliteStore {
 /// come, first served) lock.
 ///
 /// Not a pool of one connection: a pool returns a connection from a task it spawns, which
-/// pings the connection's SQLite thread before the next caller gets it, and under load that
-/// hand-over cost more than the statements of an accept transaction (measured 2026-11-25:
-/// 0.3 s of a 1.3 s burst of 160,000 accepts, with the writer busy the whole time). Nothing
-/// here needs what a pool adds: a SQLite connection does not drop like a network one, and a
-/// write that waits its turn should wait, not time out.
+/// pings the connection's SQLite thread before the next caller gets it. Under load that
+/// hand-over took 0.2–0.3 s of the 1.3 s the writer spent on a burst of 160,000 batched
+/// accepts, and at 1,000 msg/s it stood between every worker's lease, ack and the accepts:
+/// with this lock, acceptance → carrier ack fell from 2.1–2.3 to 0.8–1.2 ms at p50
+/// (docs/performance.md, 2026-11-25). Nothing here needs what a pool adds: a SQLite
+/// connection does not drop like a network one, and a write that waits its turn should wait,
+/// not time out.
 #[derive(Clone)]
 pub(crate) struct Writer(Arc<tokio::sync::Mutex<SqliteConnection>>);
 
@@ -90,6 +93,7 @@ pub(crate) struct WriteTx {
 }
 
 impl WriteTx {
+    /// Commit, and let the next write have the connection.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
         SqliteTransactionManager::commit(&mut self.conn).await?;
         self.open = false;
