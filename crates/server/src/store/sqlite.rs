@@ -482,6 +482,58 @@ mod tests {
         assert_eq!(next_step(past, 0, None), Next::Restart, "blocked: try");
     }
 
+    /// A write transaction dropped before its commit (a failed or cancelled write) leaves
+    /// nothing and hands the connection on out of its transaction: the next write begins,
+    /// and writes in turn; one that waits for the lock gets it after the holder is done.
+    #[tokio::test]
+    async fn a_dropped_write_rolls_back_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("w.db"))
+            .await
+            .expect("open");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut *store.writer.lock().await)
+            .await
+            .expect("create");
+        {
+            let mut tx = store.writer.begin().await.expect("begin");
+            sqlx::query("INSERT INTO t (x) VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+            // Dropped here, uncommitted.
+        }
+        // A second writer queues behind a transaction that holds the lock.
+        let mut held = store.writer.begin().await.expect("begin after a drop");
+        let waiting = tokio::spawn({
+            let writer = store.writer.clone();
+            async move {
+                let mut tx = writer.begin().await.expect("begin in turn");
+                sqlx::query("INSERT INTO t (x) VALUES (3)")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert 3");
+                tx.commit().await.expect("commit 3");
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "a second write ran beside the first"
+        );
+        sqlx::query("INSERT INTO t (x) VALUES (2)")
+            .execute(&mut *held)
+            .await
+            .expect("insert 2");
+        held.commit().await.expect("commit 2");
+        waiting.await.expect("the waiting write");
+        let xs: Vec<(i64,)> = sqlx::query_as("SELECT x FROM t ORDER BY rowid")
+            .fetch_all(&store.pool)
+            .await
+            .expect("rows");
+        assert_eq!(xs, vec![(2,), (3,)], "the dropped write left its row");
+    }
+
     /// Stores of one process on one file share the sync handle, so dropping one cannot close a
     /// descriptor of the file (and drop the POSIX locks of the other); another file gets its own.
     #[tokio::test]
