@@ -83,7 +83,7 @@ impl UploadStore for SqliteStore {
         quota: u64,
         now: i64,
     ) -> Result<CreateOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let used = usage(&mut tx, &u.tenant_id, now).await?;
         if used.saturating_add(u.length) > quota {
             return Ok(CreateOutcome::QuotaExceeded { used });
@@ -118,7 +118,7 @@ impl UploadStore for SqliteStore {
         now: i64,
         retention_secs: u64,
     ) -> Result<Option<Upload>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let Some(mut upload) = load(&mut tx, attachment_id).await? else {
             return Ok(None);
         };
@@ -187,7 +187,7 @@ impl UploadStore for SqliteStore {
     }
 
     async fn delete_upload(&self, attachment_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM blob_parts WHERE attachment_id = ?")
             .bind(attachment_id)
             .execute(&mut *tx)

@@ -319,6 +319,64 @@ fn outbound_from_row(r: MessageRow) -> Result<OutboundMessage, StoreError> {
 const MESSAGE_COLUMNS: &str = "message_id, tenant_id, recipient, class, channel, kind, group_id, \
      epoch, payload, status, attempts, correlation_id, accepted_at, expires_at, reason";
 
+/// Key log rows a purge removes per transaction. Measured at a million keys: one transaction
+/// that purged them all held the write lock (and so every accept) for 1.42 s, and one that
+/// found nothing due still scanned the whole log for 67–70 ms. In chunks, all of them took
+/// 1.37 s in 100 transactions (14 ms each, the lock free in between), and nothing due 0.3–0.5 ms.
+const PURGE_CHUNK: i64 = 10_000;
+
+impl SqliteStore {
+    /// Forget the keys logged before `before_ms`, `chunk` log rows per transaction, from the
+    /// log's front up to its first row that is not due yet. The log is in acceptance order
+    /// (its rows are appended at commit, under the write lock), so that row is where the due
+    /// keys end, up to a clock step back between two accepts; a due key logged after it is
+    /// kept until a later purge reaches it, longer than the window, never shorter. Stores on
+    /// this file drop the purged keys from memory when they next look at the log's first row
+    /// (`sqlite_keys.rs`); until then a purged key's candidate row no longer holds it, so it
+    /// is free already.
+    async fn purge_keys(&self, before_ms: i64, chunk: i64) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let Some(first) =
+                sqlx::query_scalar::<_, Option<i64>>("SELECT min(seq) FROM send_keys")
+                    .fetch_one(&mut *tx)
+                    .await?
+            else {
+                break;
+            };
+            let limit = first.saturating_add(chunk.max(1));
+            let kept: Option<i64> = sqlx::query_scalar(
+                "SELECT min(seq) FROM send_keys WHERE seq >= ? AND seq < ? AND at >= ?",
+            )
+            .bind(first)
+            .bind(limit)
+            .bind(before_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let end = kept.unwrap_or(limit);
+            sqlx::query(
+                "UPDATE send_messages SET idem_key = NULL, request_hash = NULL \
+                 WHERE message_id IN (SELECT message_id FROM send_keys WHERE seq < ?)",
+            )
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+            purged += sqlx::query("DELETE FROM send_keys WHERE seq < ?")
+                .bind(end)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            if kept.is_some() {
+                break;
+            }
+        }
+        self.keys.lock().await.trim_soon();
+        Ok(purged)
+    }
+}
+
 #[async_trait]
 impl DeliveryStore for SqliteStore {
     async fn accept_messages(
@@ -480,26 +538,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn purge_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
-        // The key log is in acceptance order, so this reads the log (small rows), not every
-        // message ever accepted. Stores on this file drop the purged keys from memory when they
-        // next look at the log's first row (`sqlite_keys.rs`); until then a purged key's
-        // candidate row no longer holds it, so it is free already.
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE send_messages SET idem_key = NULL, request_hash = NULL \
-             WHERE message_id IN (SELECT message_id FROM send_keys WHERE at < ?)",
-        )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?;
-        let purged = sqlx::query("DELETE FROM send_keys WHERE at < ?")
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        self.keys.lock().await.trim_soon();
-        Ok(purged)
+        self.purge_keys(before_ms, PURGE_CHUNK).await
     }
 
     async fn take_quota(
@@ -904,6 +943,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.keys.lock().await.len(), 4, "k2, k3, the new k1, k4");
+    }
+
+    /// A purge goes chunk by chunk from the log's front and stops at the first key not due
+    /// yet: a due key logged after it (a clock step back) is kept until a later purge, never
+    /// forgotten early.
+    #[tokio::test]
+    async fn a_purge_goes_in_chunks_and_stops_at_the_first_key_not_due() {
+        let (_d, s) = open().await;
+        let times = [
+            ("k1", 1000),
+            ("k2", 1000),
+            ("k3", 1000),
+            ("k4", 5000),
+            ("k5", 1000),
+        ];
+        let sent: Vec<NewMessage> = times.map(|(key, at)| c::message(key, 1, at)).to_vec();
+        for m in &sent {
+            s.accept_messages(std::slice::from_ref(m)).await.unwrap();
+        }
+        let held = |s: &SqliteStore| {
+            let s = s.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM send_messages WHERE idem_key IS NOT NULL",
+                )
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+                n
+            }
+        };
+        assert_eq!(
+            s.purge_keys(2000, 2).await.unwrap(),
+            3,
+            "k1-k3, over two chunks"
+        );
+        assert_eq!(held(&s).await, 2, "k4 and k5 kept");
+        assert_key_answers(&s, "k5", 1, &sent[4].message_id).await;
+        assert_eq!(
+            s.purge_keys(6000, 2).await.unwrap(),
+            2,
+            "k4, then k5 behind it"
+        );
+        assert_eq!(held(&s).await, 0);
+        assert_eq!(s.purge_keys(6000, 2).await.unwrap(), 0, "an empty log");
     }
 
     /// Migration 0010 moves the stored keys into the key log; the gateway fills in their

@@ -190,7 +190,7 @@ pub(super) async fn accept_fast(
     batch: &[NewMessage],
 ) -> Result<Vec<AcceptOutcome>, StoreError> {
     let items = batch.iter().map(Item::new).collect::<Result<Vec<_>, _>>()?;
-    let mut tx = store.begin_write().await?;
+    let mut tx = store.writer.begin().await?;
     let mut keys = store.keys.lock().await;
     keys.catch_up(&mut tx).await?;
     let stored = stored_keys(&mut tx, &keys, &items).await?;
@@ -225,7 +225,7 @@ pub(super) async fn accept_each(
     store: &SqliteStore,
     batch: &[NewMessage],
 ) -> Result<Vec<Result<AcceptOutcome, StoreError>>, StoreError> {
-    let mut tx = store.begin_write().await?;
+    let mut tx = store.writer.begin().await?;
     let mut keys = store.keys.lock().await;
     keys.catch_up(&mut tx).await?;
     let mut known: HashMap<(&str, &str), (Vec<u8>, String)> = HashMap::new();

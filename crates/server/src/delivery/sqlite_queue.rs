@@ -192,7 +192,7 @@ impl JobQueue for SqliteStore {
     }
 
     async fn dead_letter(&self, job: &Job, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let q = match AckJob::of(job)? {
             AckJob::Send(message_id) => sqlx::query(
                 "UPDATE send_messages SET job_due = NULL \
@@ -283,7 +283,7 @@ impl JobQueue for SqliteStore {
     }
 
     async fn replay(&self, dead_letter_id: i64, now_ms: i64) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let row: Option<(String, String, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
             "SELECT kind, tenant_id, message_id, payload FROM dead_letters \
              WHERE dead_letter_id = ?",

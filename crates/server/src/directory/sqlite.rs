@@ -80,7 +80,7 @@ impl DirectoryStore for SqliteStore {
         tenant: &TenantRecord,
         api_key_hash: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO tenants (tenant_id, name, created_at) VALUES (?, ?, ?) \
              ON CONFLICT DO NOTHING",
@@ -143,7 +143,7 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn create_enrollment(&self, e: &NewEnrollment) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let tenant: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM tenants WHERE tenant_id = ?")
             .bind(&e.tenant_id)
             .fetch_optional(&mut *tx)
@@ -183,7 +183,7 @@ impl DirectoryStore for SqliteStore {
         device: &NewDevice,
         now: i64,
     ) -> Result<Option<DeviceRecord>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let redeemed: Option<(String, String)> = sqlx::query_as(
             "UPDATE enrollments SET used_at = ? \
              WHERE token_hash = ? AND used_at IS NULL AND expires_at > ? \
@@ -323,7 +323,7 @@ impl DirectoryStore for SqliteStore {
         device_id: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let revoked = sqlx::query(
             "UPDATE devices SET revoked_at = ? \
              WHERE tenant_id = ? AND device_id = ? AND revoked_at IS NULL",
@@ -353,7 +353,7 @@ impl DirectoryStore for SqliteStore {
         max_one_time: u64,
         now: i64,
     ) -> Result<PublishOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let device: Option<(String,)> = sqlx::query_as(
             "SELECT tenant_id FROM devices WHERE device_id = ? AND revoked_at IS NULL",
         )
@@ -431,7 +431,7 @@ impl DirectoryStore for SqliteStore {
         exclude_device: Option<&str>,
         now: i64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let devices: Vec<(String,)> = sqlx::query_as(
             "SELECT device_id FROM devices \
              WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL \

@@ -114,7 +114,7 @@ async fn deliver(tx: &mut SqliteConnection, d: &Delivery) -> Result<(), StoreErr
 #[async_trait]
 impl DsStore for SqliteStore {
     async fn create_group(&self, g: &NewGroup) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO ds_groups (group_id, tenant_id, epoch, snapshot, group_info, \
              group_info_epoch, created_by, created_at, updated_at) \
@@ -200,7 +200,7 @@ impl DsStore for SqliteStore {
     }
 
     async fn apply_commit(&self, c: &AcceptedCommit) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let new_epoch = to_i64(c.new_epoch, "epoch")?;
         let swapped = sqlx::query(
             "UPDATE ds_groups SET epoch = ?, snapshot = ?, \
@@ -242,7 +242,7 @@ impl DsStore for SqliteStore {
         tenant_id: &str,
         m: &StoredMessage,
     ) -> Result<ApplicationOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT epoch FROM ds_groups WHERE group_id = ? AND tenant_id = ?")
                 .bind(&m.group_id)
@@ -314,7 +314,7 @@ impl DsStore for SqliteStore {
     }
 
     async fn ack(&self, device_id: &str, up_to: i64) -> Result<u64, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let deleted: Vec<(String,)> = sqlx::query_as(
             "DELETE FROM ds_mailbox WHERE device_id = ? AND seq <= ? RETURNING message_id",
         )

@@ -95,7 +95,7 @@ impl LinkStore for SqliteStore {
         now_ms: i64,
         max_attempts: u32,
     ) -> Result<OpenOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let row: Option<(MetaRow, Option<String>, Option<i64>, Option<Vec<u8>>)> =
             sqlx::query_as::<
                 _,

@@ -65,7 +65,7 @@ impl PolicyStore for SqliteStore {
         actor: &str,
         now_ms: i64,
     ) -> Result<StoredPolicy, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let old: Option<(i64, String)> =
             sqlx::query_as("SELECT version, digest FROM tenant_policies WHERE tenant_id = ?")
                 .bind(tenant_id)

@@ -425,12 +425,6 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         super::submit_write(&self.batches, op, answer).await
     }
-
-    /// Start a write transaction on the writing connection; it holds the write lock from its
-    /// first statement.
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
-        self.writer.begin().await
-    }
 }
 
 #[cfg(test)]
@@ -453,6 +447,14 @@ mod conformance {
 #[cfg(test)]
 mod tests {
     use super::SqliteStore;
+
+    /// Run `sql` on the writing connection.
+    async fn write(store: &SqliteStore, sql: &str) {
+        sqlx::query(sql)
+            .execute(&mut *store.writer.lock().await)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
 
     /// Below the restart threshold the checkpointer chases a burst; past it, it chases until
     /// the tail a restart would copy is short or stops shrinking; a round that copied nothing
@@ -491,10 +493,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("w.db"))
             .await
             .expect("open");
-        sqlx::query("CREATE TABLE t (x INTEGER)")
-            .execute(&mut *store.writer.lock().await)
-            .await
-            .expect("create");
+        write(&store, "CREATE TABLE t (x INTEGER)").await;
         {
             let mut tx = store.writer.begin().await.expect("begin");
             sqlx::query("INSERT INTO t (x) VALUES (1)")
@@ -567,18 +566,12 @@ mod tests {
             .await
             .expect("pragma");
         assert_eq!(auto, 0, "commits must not checkpoint");
-        sqlx::query("CREATE TABLE t (x BLOB)")
-            .execute(&mut *store.writer.lock().await)
-            .await
-            .expect("create");
+        write(&store, "CREATE TABLE t (x BLOB)").await;
         // Let any checkpoint of the migrations pass, then measure.
         tokio::time::sleep(super::CHECKPOINT_EVERY * 3).await;
         let before = std::fs::metadata(&path).expect("db").len();
         for _ in 0..16 {
-            sqlx::query("INSERT INTO t (x) VALUES (zeroblob(65536))")
-                .execute(&mut *store.writer.lock().await)
-                .await
-                .expect("insert");
+            write(&store, "INSERT INTO t (x) VALUES (zeroblob(65536))").await;
         }
         tokio::time::sleep(super::CHECKPOINT_EVERY * 4).await;
         let after = std::fs::metadata(&path).expect("db").len();
@@ -608,10 +601,7 @@ mod tests {
                 }
             }
         };
-        sqlx::query("CREATE TABLE t (x BLOB)")
-            .execute(&mut *store.writer.lock().await)
-            .await
-            .expect("create");
+        write(&store, "CREATE TABLE t (x BLOB)").await;
         insert(8).await;
         let mut reader = store.pool.acquire().await.expect("reader");
         sqlx::query("BEGIN")
