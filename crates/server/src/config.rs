@@ -499,5 +499,22 @@ mod tests {
             Config::load(Some(&path)),
             Err(ConfigError::Invalid { .. })
         ));
+        // Nice steps: 0 (off) to 19; a negative one would ask to raise priority.
+        assert_eq!(Config::default().store.runtime_nice, 10);
+        std::fs::write(&path, "[store]\nruntime_nice = 0\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().store.runtime_nice, 0);
+        for bad in ["-1", "20"] {
+            std::fs::write(&path, format!("[store]\nruntime_nice = {bad}\n")).unwrap();
+            assert!(
+                matches!(
+                    Config::load(Some(&path)),
+                    Err(ConfigError::Invalid {
+                        name: "store.runtime_nice",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod links;
 pub mod mls;
 pub mod policy;
+pub mod sched;
 pub mod store;
 
 use std::future::Future;
@@ -263,6 +264,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let ds = self.state.ds().clone();
+        self.lower_runtime_threads();
         let runs_workers = matches!(self.role, Role::Worker | Role::All);
         let workers = if runs_workers {
             self.state.delivery().spawn_workers()
@@ -290,6 +292,29 @@ impl Gateway {
             let _ = relay.await;
         }
         served
+    }
+
+    /// With the embedded store, run the async runtime's threads below its writer thread
+    /// (`store.runtime_nice`; [`sched`]). The store is open, so its writer thread already
+    /// exists at the process's own priority; the runtime's threads, and any they start
+    /// later, go down.
+    fn lower_runtime_threads(&self) {
+        let store = &self.state.config().store;
+        if store.backend != store::backend::StoreBackend::Sqlite || store.runtime_nice == 0 {
+            return;
+        }
+        match sched::lower_threads(sched::TOKIO_THREADS, store.runtime_nice) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                threads = n,
+                steps = store.runtime_nice,
+                "runtime threads lowered below the store's writer"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not lower the runtime threads' priority; running without"
+            ),
+        }
     }
 
     /// Create a tenant and its first API key (what `sealgate admin tenant create` does).

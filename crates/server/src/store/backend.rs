@@ -45,6 +45,11 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// Apply pending migrations when the process starts (else run `sealgate migrate`).
     pub migrate_on_start: bool,
+    /// With the embedded SQLite store: how many nice steps the async runtime's threads (HTTP
+    /// handlers, delivery workers) run below the store's single writer thread, so the writer
+    /// never waits for a core behind them (Linux; 0 leaves priorities alone; see
+    /// [`crate::sched`]). Ignored with PostgreSQL, which writes from many connections.
+    pub runtime_nice: i32,
 }
 
 impl Default for StoreConfig {
@@ -55,6 +60,7 @@ impl Default for StoreConfig {
             schema: None,
             max_connections: 16,
             migrate_on_start: true,
+            runtime_nice: 10,
         }
     }
 }
@@ -98,6 +104,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("runtime_nice", &self.runtime_nice)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +193,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             "store.max_connections",
             "must be between 1 and 1000",
         ));
+    }
+    if !(0..=19).contains(&s.runtime_nice) {
+        return Err(invalid("store.runtime_nice", "must be between 0 and 19"));
     }
     let q = &config.queue;
     if q.backend == QueueBackend::Nats {
