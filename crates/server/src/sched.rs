@@ -20,17 +20,19 @@
 pub const TOKIO_THREADS: &str = "tokio-";
 
 /// Set every thread of this process whose name starts with `prefix` to `steps` nice steps
-/// below the process's main thread (never back up: a thread already lower stays as it is).
+/// below the process's main thread, whichever thread calls (never back up: a thread already lower stays as it is).
 /// Returns how many threads were lowered. Threads the runtime starts later inherit the
 /// priority of the thread that starts them, so a runtime's threads stay lowered.
 #[cfg(target_os = "linux")]
 pub fn lower_threads(prefix: &str, steps: i32) -> std::io::Result<usize> {
-    use rustix::process::{Pid, getpriority_process, setpriority_process};
+    use rustix::process::{Pid, getpid, getpriority_process, setpriority_process};
 
     if steps <= 0 {
         return Ok(0);
     }
-    let main = getpriority_process(None)?;
+    // The main thread's (its thread id is the process id), not the caller's: a caller on a
+    // runtime thread lowered before would otherwise lower everything once more.
+    let main = getpriority_process(Some(getpid()))?;
     let target = main.saturating_add(steps).min(19);
     let mut lowered = 0;
     for entry in std::fs::read_dir("/proc/self/task")? {
@@ -86,7 +88,7 @@ mod tests {
     /// the calling thread keep their priority; a thread the runtime starts later inherits it.
     #[test]
     fn only_the_named_threads_go_down_and_only_once() {
-        let base = getpriority_process(None).unwrap();
+        let base = getpriority_process(Some(rustix::process::getpid())).unwrap();
         let lowered = (base + 3).min(19);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -113,8 +115,14 @@ mod tests {
             base,
             "the calling thread"
         );
-        // Asked again (a second gateway in the same process): nothing changes.
-        assert_eq!(lower_threads("schedtest-rt", 3).unwrap(), 0);
+        // Asked again (a second gateway in the same process), from a lowered runtime thread
+        // as `Gateway::serve` in a spawned task does: nothing changes.
+        let again = rt.block_on(async {
+            tokio::spawn(async { lower_threads("schedtest-rt", 3).unwrap() })
+                .await
+                .unwrap()
+        });
+        assert_eq!(again, 0);
         assert_eq!(nice_of(worker_tid), lowered);
         // A blocking thread the runtime starts from a lowered worker inherits its priority.
         let blocking = rt.block_on(async {
