@@ -7,8 +7,8 @@
 //! When both cores are busy, the writer's wake-ups queue behind request handling and the
 //! whole pipeline waits for them. Lowering the runtime's threads a few nice steps lets the
 //! scheduler run the writer first whenever it is ready: measured on the 2-core VM, batch
-//! accepts rose by a quarter and the drain to the carrier by a fifth (`bench accept`, three
-//! runs each in ABBA order; `docs/performance.md`).
+//! accepts rose by 17 % (`bench accept`, five runs each in ABBA order;
+//! `docs/performance.md`).
 //!
 //! What it must never do: raise any thread's priority (that needs privileges we must not
 //! ask for), touch threads it did not find by name, or fail the gateway's start — a refused
