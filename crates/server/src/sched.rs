@@ -20,9 +20,10 @@
 pub const TOKIO_THREADS: &str = "tokio-";
 
 /// Set every thread of this process whose name starts with `prefix` to `steps` nice steps
-/// below the process's main thread, whichever thread calls (never back up: a thread already lower stays as it is).
-/// Returns how many threads were lowered. Threads the runtime starts later inherit the
-/// priority of the thread that starts them, so a runtime's threads stay lowered.
+/// below the process's main thread, whichever thread calls (never back up: a thread already
+/// lower stays as it is). Returns how many threads were lowered. Threads the runtime starts
+/// later inherit the priority of the thread that starts them, so a runtime's threads stay
+/// lowered.
 #[cfg(target_os = "linux")]
 pub fn lower_threads(prefix: &str, steps: i32) -> std::io::Result<usize> {
     use rustix::process::{Pid, getpid, getpriority_process, setpriority_process};
