@@ -128,6 +128,39 @@ pub async fn idempotency_inside_and_across_batches(b: &dyn DeliveryBackend) {
     assert_eq!(b.purge_idempotency(1500).await.unwrap(), 0, "nothing left");
 }
 
+/// A batch larger than one multi-row INSERT (1,201 messages: three of the SQLite backend's
+/// chunks of 500) is stored whole, and every key answers its own message when sent again,
+/// in one batch and one by one: the keys of every chunk are found again.
+pub async fn a_large_batch_replays_every_key(b: &dyn DeliveryBackend) {
+    let batch: Vec<NewMessage> = (0..1201)
+        .map(|i| message(&format!("big-{i}"), 1, 1000))
+        .collect();
+    let first = b.accept_messages(&batch).await.unwrap();
+    for (m, o) in batch.iter().zip(&first) {
+        assert_eq!(accepted(o.as_ref().unwrap()), m.message_id);
+    }
+    let again: Vec<NewMessage> = (0..1201)
+        .map(|i| message(&format!("big-{i}"), 1, 2000))
+        .collect();
+    let replayed = b.accept_messages(&again).await.unwrap();
+    for (m, o) in batch.iter().zip(&replayed) {
+        assert_eq!(
+            o.as_ref().unwrap(),
+            &AcceptOutcome::Replayed {
+                message_id: m.message_id.clone()
+            }
+        );
+    }
+    for i in [0, 499, 500, 999, 1000, 1200] {
+        let one = b
+            .accept_messages(&[message(&format!("big-{i}"), 2, 3000)])
+            .await
+            .unwrap();
+        assert_eq!(one[0].as_ref().unwrap(), &AcceptOutcome::KeyReused, "{i}");
+    }
+    assert_eq!(b.depth().await.unwrap(), 1201);
+}
+
 /// The second tenant's key `k1` of [`idempotency_inside_and_across_batches`], sent again.
 fn other_tenant_again() -> NewMessage {
     let mut m = message("k1", 9, 3000);

@@ -520,6 +520,7 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         c::idempotency_inside_and_across_batches(&MemoryBackend::new()).await;
+        c::a_large_batch_replays_every_key(&MemoryBackend::new()).await;
         c::lease_retry_ack(&MemoryBackend::new()).await;
         c::expired_lease_is_leased_again(&MemoryBackend::new()).await;
         c::dead_letter_and_replay(&MemoryBackend::new()).await;

@@ -114,38 +114,33 @@ fn stored_keys_query<'a>(prefix: &str, seqs: &'a [i64]) -> QueryBuilder<'a, Sqli
 }
 
 /// Store `items` as new messages, in order, with their key log rows; returns the log rows for
-/// the map (to add once the transaction commits). Seqs are given, after the largest ever: the
-/// caller holds the write lock.
+/// the map (to add once the transaction commits). The log's `AUTOINCREMENT` numbers the rows
+/// of one multi-row INSERT one after another (the caller holds the write lock), so the last
+/// row's seq, which the INSERT reports, gives them all: no round trip to read the counter
+/// first.
 async fn insert(
     conn: &mut SqliteConnection,
-    keys: &KeyIndex,
     items: &[&Item<'_>],
 ) -> Result<Vec<Logged>, StoreError> {
-    if items.is_empty() {
-        return Ok(Vec::new());
-    }
-    let first_seq = keys.next_seq(conn).await?;
     let mut logged = Vec::with_capacity(items.len());
-    for (j, item) in items.iter().enumerate() {
-        let seq = i64::try_from(j)
-            .ok()
-            .and_then(|j| first_seq.checked_add(j))
-            .ok_or_else(|| corrupt("key log seq", j))?;
-        logged.push((seq, item.hash));
-    }
     // Both INSERTs of a chunk go to SQLite's thread as one query: each statement is a round
     // trip to that thread, and under load a round trip costs as much as dozens of rows.
-    for (chunk, rows) in items.chunks(CHUNK).zip(logged.chunks(CHUNK)) {
+    for chunk in items.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(INSERT);
         q.push_values(chunk.iter(), |b, item| push_row(b, item));
-        q.push("); INSERT INTO send_keys (seq, key_hash, message_id, at) ");
-        q.push_values(chunk.iter().zip(rows), |mut b, (item, &(seq, hash))| {
-            b.push_bind(seq)
-                .push_bind(hash)
+        q.push("); INSERT INTO send_keys (key_hash, message_id, at) ");
+        q.push_values(chunk.iter(), |mut b, item| {
+            b.push_bind(item.hash)
                 .push_bind(&item.m.message_id)
                 .push_bind(item.m.accepted_at);
         });
-        q.build().execute(&mut *conn).await?;
+        // The key log's INSERT runs last, so the result's rowid is its last row's seq.
+        let last = q.build().execute(&mut *conn).await?.last_insert_rowid();
+        let first = i64::try_from(chunk.len())
+            .ok()
+            .and_then(|n| last.checked_sub(n - 1))
+            .ok_or_else(|| corrupt("key log seq", last))?;
+        logged.extend((first..).zip(chunk.iter().map(|item| item.hash)));
     }
     Ok(logged)
 }
@@ -213,7 +208,7 @@ pub(super) async fn accept_fast(
             }
         }
     }
-    let logged = insert(&mut tx, &keys, &fresh).await?;
+    let logged = insert(&mut tx, &fresh).await?;
     tx.commit().await?;
     keys.extend(logged);
     store.count_keys(&keys);
@@ -253,7 +248,7 @@ pub(super) async fn accept_each(
             continue;
         }
         let mut one = (&mut tx).begin().await?;
-        match insert(&mut one, &keys, &[&item]).await {
+        match insert(&mut one, &[&item]).await {
             Ok(rows) => {
                 one.commit().await?;
                 logged.extend(rows);

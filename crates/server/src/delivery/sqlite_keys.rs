@@ -121,16 +121,6 @@ impl KeyIndex {
         Ok(())
     }
 
-    /// The next log seq to write (the log's `AUTOINCREMENT` counter never goes back, even when
-    /// its last rows were purged, so a store that caught up before cannot skip a reused seq).
-    pub(crate) async fn next_seq(&self, conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-        let counter: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'send_keys'")
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok(counter.unwrap_or(0).max(self.last_seq) + 1)
-    }
-
     /// The log seqs whose messages may hold the key with this hash.
     pub(crate) fn candidates(&self, hash: i64) -> impl Iterator<Item = i64> + '_ {
         self.one

@@ -218,6 +218,10 @@ macro_rules! backend_suite {
             let Some((_g, b)) = $open("delivery_contract").await else {
                 return;
             };
+            c::a_large_batch_replays_every_key(b.as_ref()).await;
+            let Some((_g, b)) = $open("delivery_contract").await else {
+                return;
+            };
             c::lease_retry_ack(b.as_ref()).await;
             let Some((_g, b)) = $open("delivery_contract").await else {
                 return;
