@@ -208,6 +208,22 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     hits
 }
 
+/// (name, nice) of every thread of process `pid`, from `/proc`.
+#[cfg(target_os = "linux")]
+fn thread_priorities(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            // `pid (name) state …`: the name may hold spaces; nice is field 19.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
 #[test]
 fn conversations_end_to_end_through_the_binaries() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -215,6 +231,34 @@ fn conversations_end_to_end_through_the_binaries() {
     let log = tmp.path().join("server.log");
     let mut server = Server::start(&data, &log, "127.0.0.1:0");
     let addr = server.addr.to_string();
+
+    // The embedded store's writer runs ahead of the request threads (`store.runtime_nice`,
+    // 10 by default): the runtime's threads sit 10 nice steps below the main thread, the
+    // SQLite threads opened with the store stay at its priority.
+    #[cfg(target_os = "linux")]
+    {
+        let threads = thread_priorities(server.child.id());
+        let main = threads
+            .iter()
+            .find(|(n, _)| n == "sealgate")
+            .expect("main")
+            .1;
+        let runtime: Vec<i64> = threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("tokio-"))
+            .map(|t| t.1)
+            .collect();
+        assert!(
+            !runtime.is_empty() && runtime.iter().all(|&n| n == (main + 10).min(19)),
+            "{threads:?}"
+        );
+        assert!(
+            threads
+                .iter()
+                .any(|(n, nice)| n.starts_with("sqlx-sqlite") && *nice == main),
+            "{threads:?}"
+        );
+    }
 
     // Tenant and enrollment, scriptable with JSON output.
     let tenant = admin(&data, &["tenant", "create", "acme"]);

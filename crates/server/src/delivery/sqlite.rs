@@ -580,14 +580,6 @@ mod tests {
     use super::super::queue::JobQueue;
     use super::*;
 
-    async fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("d.db"))
-            .await
-            .expect("open");
-        (dir, store)
-    }
-
     // The contract tests run for every backend from `store::conformance::backend_suite!`.
 
     /// A database at `path` with the migrations before `version` applied: a data folder of an
@@ -901,7 +893,7 @@ mod tests {
     /// names messages by id (here the rowids are moved on purpose, then the file vacuumed).
     #[tokio::test]
     async fn keys_survive_renumbered_rowids() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         let first = c::message("k1", 1, 1000);
         s.accept_messages(&[first.clone(), c::message("k2", 1, 1000)])
             .await
@@ -950,7 +942,7 @@ mod tests {
     /// forgotten early.
     #[tokio::test]
     async fn a_purge_goes_in_chunks_and_stops_at_the_first_key_not_due() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         let times = [
             ("k1", 1000),
             ("k2", 1000),
@@ -1051,7 +1043,7 @@ mod tests {
     /// table) leaves neither, and does not take the rest of the batch down.
     #[tokio::test]
     async fn a_failure_between_key_and_message_leaves_neither() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         let ok1 = c::message("a", 1, 0);
         let mut poison = c::message("b", 1, 0);
         poison.recipient = "+15550000666".into();

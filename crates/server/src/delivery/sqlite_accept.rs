@@ -277,8 +277,7 @@ mod tests {
     /// stored message on every replayed key.
     #[tokio::test]
     async fn the_candidate_lookup_searches_by_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+        let (_dir, s) = SqliteStore::open_temp().await;
         let plan: Vec<(i64, i64, i64, String)> = stored_keys_query("EXPLAIN QUERY PLAN ", &[1, 2])
             .build_query_as()
             .fetch_all(&s.pool)

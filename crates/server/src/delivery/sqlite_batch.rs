@@ -390,14 +390,6 @@ mod tests {
     use crate::store::StoreError;
     use crate::store::sqlite::SqliteStore;
 
-    async fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("b.db"))
-            .await
-            .expect("open");
-        (dir, store)
-    }
-
     fn step(id: &str, status: MessageStatus, at: i64, count_attempt: bool) -> Transition {
         Transition {
             message_id: id.into(),
@@ -413,7 +405,7 @@ mod tests {
     /// is a duplicate, a backward step is refused, and each change writes its callback job.
     #[tokio::test]
     async fn one_batch_applies_changes_in_arrival_order() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         let m = c::message("k", 1, 0);
         s.accept_messages(std::slice::from_ref(&m)).await.unwrap()[0]
             .as_ref()
@@ -490,7 +482,7 @@ mod tests {
     /// whole message table (or job table) on every ack batch.
     #[tokio::test]
     async fn batched_acks_search_by_key() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         let sends = [("m1", "w:1"), ("m2", "w:1")];
         let others = [(1_i64, "w:1"), (2, "w:2")];
         for (head, key, q) in [
@@ -525,7 +517,7 @@ mod tests {
     /// Only the holder of a lease can ack its job, also when both acks share a batch.
     #[tokio::test]
     async fn acks_need_the_lease() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         let m = c::message("k", 1, 0);
         s.accept_messages(std::slice::from_ref(&m)).await.unwrap()[0]
             .as_ref()
@@ -548,7 +540,7 @@ mod tests {
     /// A write that panics fails its batch but not the batcher: later writes still commit.
     #[tokio::test]
     async fn a_panicking_write_does_not_stop_the_batcher() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         sqlx::query("CREATE TABLE t (x TEXT)")
             .execute(&mut *s.writer.lock().await)
             .await
@@ -589,7 +581,7 @@ mod tests {
     /// A general write that fails is undone alone; the writes batched with it commit.
     #[tokio::test]
     async fn a_failed_write_is_rolled_back_alone() {
-        let (_d, s) = open().await;
+        let (_d, s) = SqliteStore::open_temp().await;
         sqlx::query("CREATE TABLE t (x TEXT)")
             .execute(&mut *s.writer.lock().await)
             .await

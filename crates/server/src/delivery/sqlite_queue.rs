@@ -367,8 +367,7 @@ mod tests {
     /// every message ever accepted to find the few with a job.
     #[tokio::test]
     async fn leases_search_the_due_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
+        let (_dir, s) = SqliteStore::open_temp().await;
         for (sql, index) in [
             (LEASE_SENDS, "send_messages_due"),
             (LEASE_OTHERS, "delivery_jobs_ready"),
@@ -395,8 +394,7 @@ mod tests {
     /// callbacks, nor the reverse, even when every lease round could be filled by one kind.
     #[tokio::test]
     async fn sends_and_other_jobs_take_turns() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("q.db")).await.unwrap();
+        let (_dir, s) = SqliteStore::open_temp().await;
         let batch: Vec<_> = (0..10)
             .map(|i| c::message(&format!("k{i}"), 1, 1000))
             .collect();

@@ -355,14 +355,6 @@ mod tests {
     use super::super::conformance;
     use super::*;
 
-    async fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("ds.db"))
-            .await
-            .expect("open");
-        (dir, store)
-    }
-
     // The contract tests run for every backend from `store::conformance::backend_suite!`;
     // this property test adds random CAS sequences on SQLite.
     proptest! {
@@ -376,7 +368,7 @@ mod tests {
                 .build()
                 .expect("runtime");
             rt.block_on(async {
-                let (_dir, store) = open().await;
+                let (_dir, store) = SqliteStore::open_temp().await;
                 conformance::random_cas_sequence(&store, &attempts).await;
             });
         }

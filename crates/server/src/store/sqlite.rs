@@ -428,16 +428,25 @@ impl SqliteStore {
 }
 
 #[cfg(test)]
+impl SqliteStore {
+    /// A fresh store in a temporary folder, which lives as long as the returned `TempDir`.
+    pub(crate) async fn open_temp() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("sealgate.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
 mod conformance {
     use std::sync::Arc;
 
     use super::SqliteStore;
 
     async fn open(_test: &str) -> Option<(tempfile::TempDir, Arc<SqliteStore>)> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("conformance.db"))
-            .await
-            .expect("open");
+        let (dir, store) = SqliteStore::open_temp().await;
         Some((dir, Arc::new(store)))
     }
 
@@ -489,10 +498,7 @@ mod tests {
     /// and writes in turn; one that waits for the lock gets it after the holder is done.
     #[tokio::test]
     async fn a_dropped_write_rolls_back_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("w.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = SqliteStore::open_temp().await;
         write(&store, "CREATE TABLE t (x INTEGER)").await;
         {
             let mut tx = store.writer.begin().await.expect("begin");
@@ -586,10 +592,7 @@ mod tests {
     /// no such reader, the next write starts the WAL from its beginning.
     #[tokio::test]
     async fn the_restart_waits_briefly_and_resets_the_wal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("r.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = SqliteStore::open_temp().await;
         let insert = |n: usize| {
             let writer = store.writer.clone();
             async move {
